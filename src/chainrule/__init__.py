@@ -1,0 +1,21 @@
+"""chainrule: explicit autoregressive generative models of images.
+
+    import chainrule
+    model = chainrule.build("fvsbn", event_shape=(1, 8, 8), levels=2)
+    log_p = model.log_prob(x)          # (B,) exact, in nats
+    x_new = model.sample(16)           # (16, 1, 8, 8)
+"""
+
+from .checkpoint import load, save
+from .models import AutoregressiveModel, available_models, build, count_parameters
+
+__version__ = "0.1.0"
+__all__ = [
+    "AutoregressiveModel",
+    "available_models",
+    "build",
+    "count_parameters",
+    "load",
+    "save",
+    "__version__",
+]

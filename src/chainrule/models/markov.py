@@ -1,0 +1,117 @@
+"""Markov chain of order k over the pixels, in the model's ordering.
+
+    p(x) = prod_i p(x_{o(i)} | x_{o(i-k)}, ..., x_{o(i-1)})
+
+Each conditional is a table: for every step i and every configuration of its (at most k)
+predecessors, K-1 free logits. With binary pixels and k = 1 that is 1 + 2(n-1) = 2n-1
+parameters; in general sum_i (K-1) K^min(i, k). The maximum-likelihood fit is closed form
+(transition counts, with optional additive smoothing): :meth:`MarkovModel.fit`.
+
+Limits: the chain only sees the k pixels just before in the ordering. In raster order with
+k = 1 that is the pixel to the left (or the end of the previous row), so vertical structure is
+invisible; the table grows as K^k and is refused when it would not fit in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..orderings import check_ordering_spec
+from .independent import free_logits_to_full, logits_from_counts
+from .ordered import OrderedModel, check_table_size
+from .registry import register
+
+
+@dataclass
+class MarkovConfig:
+    order: int = 1  # k: how many previous pixels (in the ordering) each pixel depends on
+    ordering: str | list[int] = "raster"
+    smoothing: float = 0.5  # pseudo-count for the closed-form fit
+
+    def validate(self) -> None:
+        if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 1:
+            raise ValueError(f"order must be an int >= 1, got {self.order!r}")
+        if self.smoothing < 0:
+            raise ValueError(f"smoothing must be >= 0, got {self.smoothing}")
+        check_ordering_spec(self.ordering)
+
+
+def _markov_count(d: int, levels: int, k: int) -> int:
+    return sum((levels - 1) * levels ** min(i, k) for i in range(d))
+
+
+@register
+class MarkovModel(OrderedModel):
+    name = "markov"
+    Config = MarkovConfig
+    supports = ("binary", "discrete")
+    input_differentiable = False
+
+    def __init__(self, event_shape, levels, config: MarkovConfig):
+        super().__init__(event_shape, levels, config)
+        d, K = self.dim, levels
+        self.k = k = min(config.order, d - 1) if d > 1 else 0
+        check_table_size(
+            _markov_count(d, K, config.order), f"a Markov chain of order {config.order} with {K} levels over {d} pixels"
+        )
+        # steps 0..k-1 have fewer predecessors (K^i contexts); steps k.. share one tensor
+        self.first_logits = nn.ParameterList(
+            [nn.Parameter(torch.zeros(K**i, K - 1)) for i in range(k)]
+        )
+        self.logits = nn.Parameter(torch.zeros(d - k, K**k, K - 1))  # (D-k, K^k, K-1)
+        self.register_buffer(
+            "powers", torch.tensor([K**j for j in range(k)], dtype=torch.int64), persistent=False
+        )
+
+    @classmethod
+    def count_parameters(cls, event_shape, levels, config) -> int:
+        c, h, w = event_shape
+        return _markov_count(c * h * w, levels, config.order)
+
+    def _table(self) -> Tensor:
+        """All steps' logits in one ``(D, K^k, K-1)`` tensor (unreachable contexts zero)."""
+        K, k = self.levels, self.k
+        rows = [F.pad(p, (0, 0, 0, K**k - p.shape[0])) for p in self.first_logits]
+        return torch.cat([torch.stack(rows)] + [self.logits], 0) if rows else self.logits
+
+    def _contexts(self, xo: Tensor) -> Tensor:
+        """``(B, D)`` -> ``(B, D)`` context index of each step: sum_j x_{i-j} K^(j-1), with the
+        missing predecessors of the first steps read as 0 (so the index stays < K^i)."""
+        if self.k == 0:
+            return torch.zeros_like(xo, dtype=torch.int64)
+        padded = F.pad(xo.long(), (self.k, 0))  # (B, D+k)
+        windows = padded.unfold(1, self.k, 1)[:, :-1]  # (B, D, k): x_{i-k} .. x_{i-1}
+        return (windows.flip(-1) * self.powers).sum(-1)
+
+    def _ordered_params(self, xo: Tensor) -> Tensor:
+        ctx = self._contexts(xo)  # (B, D)
+        table = self._table()  # (D, K^k, K-1)
+        steps = torch.arange(self.dim, device=xo.device)
+        free = table[steps.unsqueeze(0), ctx]  # (B, D, K-1)
+        return free_logits_to_full(free, self.levels)
+
+    def _step_params(self, xo, i, state):
+        k = min(self.k, i)
+        prev = xo[:, i - k : i].long().flip(-1) if k else xo[:, :0].long()
+        ctx = (prev * self.powers[:k]).sum(-1)  # (B,)
+        free = self.first_logits[i][ctx] if i < self.k else self.logits[i - self.k][ctx]
+        return free_logits_to_full(free, self.levels), state
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> MarkovModel:
+        """Closed-form fit: smoothed transition frequencies. Returns ``self``."""
+        x = self.check_images(x)
+        xo = self.to_ordered(x)
+        K, k, d = self.levels, self.k, self.dim
+        ctx = self._contexts(xo)  # (N, D)
+        flat = (torch.arange(d).unsqueeze(0) * K**k + ctx) * K + xo.long()  # (N, D)
+        counts = torch.bincount(flat.reshape(-1), minlength=d * K**k * K).reshape(d, K**k, K)
+        logits = logits_from_counts(counts, self.config.smoothing, K)
+        for i in range(k):
+            self.first_logits[i].copy_(logits[i, : K**i])
+        self.logits.copy_(logits[k:])
+        return self

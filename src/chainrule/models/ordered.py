@@ -1,0 +1,113 @@
+"""Shared machinery for models that visit the flattened image in an ordering.
+
+Independent pixels, Markov chains, the full table, FVSBN, NADE and RNADE all work on the
+vector ``x_o = x.flatten(1)[:, order]`` (``(B, D)``): step ``i`` of the chain rule predicts
+``x_o[:, i]`` from ``x_o[:, :i]``. A subclass provides
+
+* ``_ordered_params(xo)``: the output-head parameters of every step at once (teacher forcing),
+  ``(B, D, P)``, where step ``i`` may depend on ``xo[:, :i]`` only;
+* optionally ``_step_params(xo, i, state)``: the parameters of step ``i`` alone, for a sampler
+  faster than recomputing everything at every step.
+
+This module turns those into exact log-likelihoods laid out like the image, and into a sampler
+with completion that draws each free dimension by the inverse CDF of one pre-drawn uniform.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..distributions import head_for
+from ..orderings import inverse, resolve_ordering
+from .base import AutoregressiveModel, draw_uniforms, warn_if_not_prefix
+
+#: refuse tabular models with more entries than this (2^27 floats: 0.5 GiB in float32)
+MAX_TABLE_ENTRIES = 2**27
+
+
+def check_table_size(entries: int, what: str) -> None:
+    """Refuse a table that would not fit in memory, naming its size."""
+    if entries > MAX_TABLE_ENTRIES:
+        gib = entries * 4 / 2**30
+        size = f"{gib:,.1f} GiB" if entries < 10**30 else f"about 2^{entries.bit_length() - 1} floats"
+        raise ValueError(
+            f"{what} needs {entries:,} parameters ({size} in float32), more than this library "
+            f"allocates ({MAX_TABLE_ENTRIES:,}); use fewer pixels, fewer levels or a lower order"
+            if entries < 10**30
+            else f"{what} needs {entries} parameters ({size}); it cannot be allocated. "
+            f"Use `chainrule params` to count it, or a smaller image"
+        )
+
+
+class OrderedModel(AutoregressiveModel):
+    """An autoregressive model over an ordering of the flattened image (see module doc).
+
+    The subclass's config must have an ``ordering`` field (``"raster"``, ``"random:SEED"`` or a
+    permutation list).
+    """
+
+    order: Tensor
+    inv_order: Tensor
+
+    def __init__(self, event_shape, levels, config, *, components: int = 1):
+        super().__init__(event_shape, levels, config)
+        order = resolve_ordering(getattr(config, "ordering", "raster"), self.event_shape)
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("inv_order", inverse(order), persistent=False)
+        self.head = head_for(levels, components)
+
+    # ------------------------------------------------------------------ layout
+    def to_ordered(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` -> ``(B, D)`` in visiting order."""
+        return x.flatten(1)[:, self.order]
+
+    def from_ordered(self, v: Tensor) -> Tensor:
+        """``(B, D)`` in visiting order -> ``(B, C, H, W)``."""
+        return v[:, self.inv_order].reshape(v.shape[0], *self.event_shape)
+
+    # ------------------------------------------------------------------ to implement
+    def _ordered_params(self, xo: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """``(B, D)`` ordered values -> ``(B, D, P)`` head parameters of every step."""
+        raise NotImplementedError
+
+    def _step_params(self, xo: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
+        """Parameters ``(B, P)`` of step ``i`` given ``xo[:, :i]``, and a state carried to the
+        next step. The default recomputes every step (correct for any model, O(D) slower)."""
+        return self._ordered_params(xo)[:, i], state
+
+    def _init_state(self, n: int) -> Any:
+        return None
+
+    # ------------------------------------------------------------------ the chain rule
+    def _conditional_log_probs(self, x: Tensor) -> Tensor:
+        xo = self.to_ordered(x)
+        params = self._ordered_params(xo)  # (B, D, P)
+        return self.from_ordered(self.head.log_prob(params, xo))
+
+    def _sample(self, n, given, mask, generator, **kwargs):
+        if kwargs:
+            raise ValueError(f"unexpected sample options for {self.name!r}: {sorted(kwargs)}")
+        device, dtype = self._device, self._dtype
+        d = self.dim
+        u = draw_uniforms(n, (d,), generator, device=device)  # one uniform per step
+        if self.levels is None:  # a real-valued head needs a second uniform
+            u2 = draw_uniforms(n, (d,), generator, device=device)
+        xo = torch.zeros(n, d, device=device, dtype=dtype)
+        go = mo = None
+        if given is not None:
+            warn_if_not_prefix(mask.flatten(1), self.order)
+            go, mo = self.to_ordered(given), self.to_ordered(mask)
+        state = self._init_state(n)
+        for i in range(d):
+            params, state = self._step_params(xo, i, state)
+            if self.levels is None:
+                value = self.head.sample(params, u[:, i], u2[:, i])
+            else:
+                value = self.head.sample(params, u[:, i])
+            if go is not None:
+                value = torch.where(mo[:, i], go[:, i], value)
+            xo[:, i] = value
+        return self.from_ordered(xo)

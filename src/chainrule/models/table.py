@@ -1,0 +1,92 @@
+"""The full chain-rule table: no assumption at all.
+
+    p(x) = prod_i p(x_{o(i)} | x_{o(1)}, ..., x_{o(i-1)})
+
+with every conditional a table over *all* configurations of the previous pixels: step i has
+K^i contexts of K-1 free logits, sum_i (K-1) K^i = K^n - 1 parameters in all, exactly the
+number of free parameters of an arbitrary distribution over K^n states. It is the exact
+reference for tiny n and a lesson in why the rest of the ladder exists: for a 28 x 28 binary
+image it would need 2^784 - 1 parameters. :meth:`TableModel.count_parameters` gives that count
+as an exact integer; building such a model is refused with a message naming the size.
+
+The closed-form fit (:meth:`TableModel.fit`) recovers the empirical distribution exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..orderings import check_ordering_spec
+from .independent import free_logits_to_full, logits_from_counts
+from .ordered import OrderedModel, check_table_size
+from .registry import register
+
+
+@dataclass
+class TableConfig:
+    ordering: str | list[int] = "raster"
+    smoothing: float = 0.5  # pseudo-count for the closed-form fit
+
+    def validate(self) -> None:
+        if self.smoothing < 0:
+            raise ValueError(f"smoothing must be >= 0, got {self.smoothing}")
+        check_ordering_spec(self.ordering)
+
+
+@register
+class TableModel(OrderedModel):
+    name = "table"
+    Config = TableConfig
+    supports = ("binary", "discrete")
+    input_differentiable = False
+
+    def __init__(self, event_shape, levels, config: TableConfig):
+        c, h, w = event_shape
+        check_table_size(
+            levels ** (c * h * w) - 1,
+            f"the full table for {c}x{h}x{w} images with {levels} levels",
+        )
+        super().__init__(event_shape, levels, config)
+        K = levels
+        # step i: one row of K-1 free logits per configuration of the i previous values
+        self.logits = nn.ParameterList(
+            [nn.Parameter(torch.zeros(K**i, K - 1)) for i in range(self.dim)]
+        )
+
+    @classmethod
+    def count_parameters(cls, event_shape, levels, config) -> int:
+        c, h, w = event_shape
+        return levels ** (c * h * w) - 1
+
+    def _ordered_params(self, xo: Tensor) -> Tensor:
+        ctx = torch.zeros(xo.shape[0], dtype=torch.int64, device=xo.device)
+        out = []
+        for i in range(self.dim):
+            out.append(free_logits_to_full(self.logits[i][ctx], self.levels))
+            ctx = ctx * self.levels + xo[:, i].long()  # mixed-radix index of x_<=i
+        return torch.stack(out, 1)  # (B, D, P)
+
+    def _init_state(self, n):
+        return torch.zeros(n, dtype=torch.int64, device=self._device)
+
+    def _step_params(self, xo, i, ctx):
+        if i > 0:
+            ctx = ctx * self.levels + xo[:, i - 1].long()
+        return free_logits_to_full(self.logits[i][ctx], self.levels), ctx
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> TableModel:
+        """Closed-form fit: smoothed frequencies of every conditional. With ``smoothing=0`` the
+        model's joint equals the empirical distribution of ``x``. Returns ``self``."""
+        x = self.check_images(x)
+        xo = self.to_ordered(x).long()
+        K = self.levels
+        ctx = torch.zeros(xo.shape[0], dtype=torch.int64)
+        for i in range(self.dim):
+            counts = torch.bincount(ctx * K + xo[:, i], minlength=K**i * K).reshape(K**i, K)
+            self.logits[i].copy_(logits_from_counts(counts, self.config.smoothing, K))
+            ctx = ctx * K + xo[:, i]
+        return self
