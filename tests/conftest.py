@@ -13,6 +13,9 @@ import chainrule
 #: tiny options per model for the contract tests (models not listed use their defaults)
 TINY_OPTIONS: dict[str, dict] = {
     "markov": {"order": 2},
+    "pixelcnn": {"hidden": 3, "layers": 2},
+    "row-lstm": {"hidden": 3, "layers": 2},
+    "diagonal-bilstm": {"hidden": 3, "layers": 2},
 }
 
 DATA_DIR = Path(os.environ.get("CHAINRULE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -1,6 +1,7 @@
 """The model zoo. Importing this package registers every model family."""
 
 from . import fvsbn, independent, markov, table  # noqa: F401  (registration side effects)
+from . import pixelrnn  # noqa: F401  (registration: pixelcnn, row-lstm, diagonal-bilstm)
 from .base import AutoregressiveModel
 from .registry import available_models, build, count_parameters, model_class
 
