@@ -52,6 +52,8 @@ class AutoregressiveModel(nn.Module):
     supports: ClassVar[tuple[str, ...]] = ("binary", "discrete")
     #: False for models that look conditionals up in tables (no gradient w.r.t. the input)
     input_differentiable: ClassVar[bool] = True
+    #: trainer settings that suit this model better than the trainer's defaults (lr, epochs, ...)
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, event_shape: tuple[int, int, int], levels: int | None, config: Any):
         super().__init__()

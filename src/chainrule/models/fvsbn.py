@@ -41,6 +41,7 @@ class FVSBN(OrderedModel):
     name = "fvsbn"
     Config = FVSBNConfig
     supports = ("binary", "discrete")
+    train_defaults = {"lr": 1e-2, "epochs": 40}
 
     mask: Tensor
 

@@ -1,0 +1,29 @@
+# make install | train | test | bench | lint
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install train test lint bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch first (a bare `torch` could pull a multi-GB CUDA build)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test,dev]"
+	touch $@
+
+train: install
+	$(VENV)/bin/chainrule train
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: install
+	$(PY) benchmarks/nade.py
+	$(PY) benchmarks/pixelrnn.py
