@@ -6,6 +6,10 @@
     chainrule eval --checkpoint RUN_DIR [--data D] [--split test]
     chainrule sample --checkpoint RUN_DIR [--n N] [--out FILE.png]
     chainrule params --shape 1x28x28 --levels 2
+    chainrule score --checkpoint RUN_DIR [--data D] [--out scores.csv]     # + per-pixel NLL maps
+    chainrule detect --checkpoint RUN_DIR [--in D_in] --ood D_out          # AUROC, histograms, ROC
+    chainrule features --checkpoint RUN_DIR [--data D] [--out feats.npz]
+    chainrule probe --checkpoint RUN_DIR --data D                          # features vs raw pixels
 
 Mistakes a user can make (a wrong option, a missing file, a foreign checkpoint, data of the
 wrong shape) end in one line on stderr and exit status 1; argparse's own usage errors exit 2.
@@ -274,6 +278,280 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- score / detect / features / probe
+def _model_on(args: argparse.Namespace):
+    """The checkpoint's model, in eval mode, on --device."""
+    from chainrule.train import resolve_device
+
+    model = _load_checkpoint(args.checkpoint)
+    return model.to(resolve_device(getattr(args, "device", None) or "auto")).eval()
+
+
+def _default_out_dir(args: argparse.Namespace, name: str) -> Path:
+    ck = Path(args.checkpoint)
+    return (ck if ck.is_dir() else ck.parent) / name
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+
+
+def _list_files(files: list[Path | str]) -> None:
+    """Every command ends by listing what it wrote."""
+    if not files:
+        print("files written: none")
+    for f in files:
+        print(f"wrote {f}")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import csv
+
+    import torch
+
+    from chainrule.anomaly import anomaly_scores, pixel_nll
+    from chainrule.data import load_dataset
+    from chainrule.evaluate import check_compatible
+    from chainrule.plots import pixel_nll_maps
+
+    model = _model_on(args)
+    data, data_dir = _run_data(args.checkpoint, args.data, args.data_dir)
+    splits = load_dataset(data, data_dir=data_dir)
+    x = splits.split(args.split)
+    if len(x) == 0:
+        raise UserError(f"{data} {args.split} is an empty set (0 images)")
+    check_compatible(model, splits.event_shape, splits.levels, data)
+    if args.max_images is not None:
+        if args.max_images < 1:
+            raise UserError(f"--max-images must be a positive int, got {args.max_images}")
+        x = x[: args.max_images]
+    out = Path(args.out) if args.out else _default_out_dir(args, f"scores-{_safe(data)}-{args.split}.csv")
+    _check_writable(out)
+    s = anomaly_scores(model, x, splits.levels, compressor=args.compressor, batch_size=args.batch_size,
+                       progress=True)
+    labels = splits.labels.get(args.split)
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "nll_nats", "bits_per_dim", f"{args.compressor}_bits", "complexity_bits"]
+                   + (["label"] if labels is not None else []))
+        for i in range(len(x)):
+            row = [i, f"{s['nll'][i]:.6f}", f"{s['bits_per_dim'][i]:.6f}", f"{s['compression_bits'][i]:.0f}",
+                   f"{s['complexity'][i]:.6f}"]
+            w.writerow(row + ([int(labels[i])] if labels is not None else []))
+    files: list[Path] = [out]
+    nll = s["nll"]
+    print(f"{data} {args.split} ({len(x)} images): NLL {nll.mean():.3f} nats per image, "
+          f"{s['bits_per_dim'].mean():.4f} bits/dim; {args.compressor} length {s['compression_bits'].mean():.1f} "
+          f"bits; complexity-corrected score {s['complexity'].mean():.2f} bits (mean)")
+    if args.images:
+        try:
+            idx = [int(t) for t in args.images.split(",") if t.strip()]
+        except ValueError:
+            raise UserError(f"--images must be comma-separated image indices, got {args.images!r}") from None
+        bad = [i for i in idx if not 0 <= i < len(x)]
+        if bad or not idx:
+            raise UserError(f"--images must be indices in 0..{len(x) - 1}, got {args.images!r}")
+    else:  # the most likely and the least likely images
+        order = nll.argsort()
+        k = min(args.maps // 2, len(x))
+        idx = list(dict.fromkeys(order[:k].tolist() + order[::-1][: args.maps - k].tolist()))
+    if idx and args.maps > 0 or args.images:
+        xi = x[torch.as_tensor(idx)]
+        maps = pixel_nll(model, xi, splits.levels)
+        png = out.with_name(out.stem + "_nll_maps.png")
+        titles = [f"#{i}: {nll[i]:.1f}" for i in idx]
+        files.append(pixel_nll_maps(xi, maps, splits.levels, png, titles,
+                                    title=f"{model.name} on {data} {args.split}: where is the model surprised? "
+                                    "(NLL in nats)"))
+    _list_files(files)
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import csv
+
+    from chainrule.anomaly import SCORE_UNITS, SCORES, detect
+    from chainrule.data import load_dataset
+    from chainrule.plots import roc_plot, score_histogram
+
+    model = _model_on(args)
+    data, data_dir = _run_data(args.checkpoint, args.in_data, args.data_dir)
+    scores = tuple(t.strip() for t in args.score.split(",") if t.strip()) if args.score else SCORES
+    bad = [t for t in scores if t not in SCORES]
+    if bad or not scores:
+        raise UserError(f"--score must name some of {', '.join(SCORES)}, got {args.score!r}")
+    if not 0.0 <= args.false_alarm < 1.0:
+        raise UserError(f"--false-alarm must lie in [0, 1), got {args.false_alarm}")
+    out_dir = Path(args.out_dir) if args.out_dir else _default_out_dir(args, f"detect-{_safe(args.ood)}")
+    splits = load_dataset(data, data_dir=data_dir)
+    det = detect(model, splits, args.ood, data_dir=data_dir, scores=scores, compressor=args.compressor,
+                 false_alarm_rate=args.false_alarm, max_images=args.max_images,
+                 batch_size=args.batch_size, progress=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"in-distribution: {det.in_name} test ({len(next(iter(det.scores_in.values())))} images); "
+          f"threshold chosen on its valid split for a {args.false_alarm:.0%} false-alarm rate")
+    print(f"out-of-distribution: {det.ood_name} ({len(next(iter(det.scores_out.values())))} images)")
+    print(f"complexity score: NLL in bits minus the {args.compressor.upper()} code length (Serra et al. 2020)")
+    print(det.table())
+    files: list[Path] = []
+    for name in scores:
+        m = det.metrics[name]
+        files.append(score_histogram(
+            det.scores_in[name], det.scores_out[name], out_dir / f"hist_{name}.png",
+            xlabel=SCORE_UNITS[name], labels=(f"in: {data}", f"OOD: {args.ood}"), threshold=m["threshold"],
+            title=f"{model.name}: {name}, AUROC {m['auroc']:.3f}"))
+    files.append(roc_plot({n: (det.scores_in[n], det.scores_out[n]) for n in scores}, out_dir / "roc.png",
+                          title=f"{model.name}: {data} vs {args.ood}"))
+    csv_path = out_dir / "scores.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["set", "index", *scores])
+        for tag, sc in (("in", det.scores_in), ("ood", det.scores_out)):
+            for i in range(len(sc[scores[0]])):
+                w.writerow([tag, i, *(f"{sc[n][i]:.6f}" for n in scores)])
+    files.append(csv_path)
+    json_path = Path(args.json) if args.json else out_dir / "detect.json"
+    _check_writable(json_path)
+    json_path.write_text(json.dumps({"checkpoint": str(args.checkpoint), "model": model.name,
+                                     **det.as_dict()}, indent=2) + "\n")
+    files.append(json_path)
+    _list_files(files)
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from chainrule.data import load_dataset
+    from chainrule.probe import dataset_features
+
+    model = _model_on(args)
+    data, data_dir = _run_data(args.checkpoint, args.data, args.data_dir)
+    out = Path(args.out) if args.out else _default_out_dir(args, f"features-{_safe(data)}.npz")
+    _check_writable(out)
+    splits = load_dataset(data, data_dir=data_dir)
+    feats = dataset_features(model, splits, batch_size=args.batch_size)
+    np.savez_compressed(out, **feats)
+    sizes = ", ".join(f"{s} {feats[s].shape}" for s in ("train", "valid", "test"))
+    labelled = "with labels" if "train_y" in feats else "no labels"
+    print(f"{model.name} features of {data}: {sizes} ({labelled})")
+    _list_files([out])
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import csv
+
+    import numpy as np
+
+    from chainrule.data import load_dataset
+    from chainrule.probe import _check_probe_input, dataset_features, linear_probe, raw_pixels
+
+    model = _model_on(args)
+    data, data_dir = _run_data(args.checkpoint, args.data, args.data_dir)
+    splits = load_dataset(data, data_dir=data_dir)
+    pixels = raw_pixels(splits)
+    _check_probe_input(pixels, data)
+    if args.features:
+        path = Path(args.features)
+        if not path.is_file():
+            raise UserError(f"--features {path}: no such file (write one with `chainrule features`)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                feats = {k: z[k] for k in z.files}
+        except Exception as e:
+            raise UserError(f"--features {path} is not a readable .npz file: {e}") from None
+        for s in ("train", "valid", "test"):
+            if s not in feats or len(feats[s]) != len(pixels[s]):
+                raise UserError(f"--features {path} does not match {data}: its {s} split has "
+                                f"{len(feats.get(s, []))} rows, the data {len(pixels[s])} images")
+    else:
+        feats = dataset_features(model, splits, batch_size=args.batch_size)
+    rows = [("features", linear_probe(feats, name=f"{model.name} features", max_iter=args.max_iter)),
+            ("pixels", linear_probe(pixels, name=f"pixels of {data}", max_iter=args.max_iter))]
+    print(f"linear probe (logistic regression, C chosen on valid) on {data}: "
+          f"{len(pixels['train'])}/{len(pixels['valid'])}/{len(pixels['test'])} train/valid/test")
+    for name, r in rows:
+        label = f"{model.name} features" if name == "features" else "raw pixels"
+        print(f"  {label:22s} dim {r['dim']:5d}  C={r['C']:<5g} test accuracy {r['test_accuracy']:.4f} "
+              f"(valid {r['valid_accuracy']:.4f}, train {r['train_accuracy']:.4f})")
+    files: list[Path] = []
+    if args.out:
+        out = Path(args.out)
+        _check_writable(out)
+        with open(out, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["representation", "dim", "C", "train_accuracy", "valid_accuracy", "test_accuracy"])
+            for name, r in rows:
+                w.writerow([name, r["dim"], r["C"], r["train_accuracy"], r["valid_accuracy"], r["test_accuracy"]])
+        files.append(out)
+    if args.json:
+        jp = Path(args.json)
+        _check_writable(jp)
+        jp.write_text(json.dumps({"checkpoint": str(args.checkpoint), "model": model.name, "data": data,
+                                  **dict(rows)}, indent=2) + "\n")
+        files.append(jp)
+    _list_files(files)
+    return 0
+
+
+def _add_tool_parsers(sub) -> None:
+    """Parsers of score, detect, features and probe."""
+    from chainrule.anomaly import COMPRESSORS, SCORES
+
+    def common(p, data_help: str = "data set (default: the one the run was trained on)") -> None:
+        p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
+        if data_help:
+            p.add_argument("--data", default=None, help=data_help)
+        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+        _add_data_dir(p)
+
+    sc = sub.add_parser("score", help="per-image NLL (nats, bits/dim, complexity-corrected) to CSV, "
+                        "and per-pixel NLL maps as PNG")
+    common(sc)
+    sc.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    sc.add_argument("--out", default=None, help="CSV file (default: RUN_DIR/scores-DATA-SPLIT.csv)")
+    sc.add_argument("--compressor", choices=COMPRESSORS, default="png",
+                    help="lossless compressor for the complexity-corrected score (default png)")
+    sc.add_argument("--maps", type=int, default=8,
+                    help="per-pixel NLL maps of the N/2 most and N/2 least likely images (0: none)")
+    sc.add_argument("--images", default=None, help="comma-separated indices of images to map instead")
+    sc.add_argument("--max-images", type=int, default=None, help="score only the first N images")
+    sc.set_defaults(func=cmd_score)
+
+    d = sub.add_parser("detect", help="anomaly detection: AUROC, AUPR, FPR@95%%TPR of each score, "
+                       "histograms and ROC as PNG, a threshold chosen on held-out data",
+                       description="Out-of-distribution detection. Scores: " + ", ".join(SCORES)
+                       + ". OOD sets: any data set name (e.g. notmnist:binarize), noise, flip[:NAME], "
+                       "hflip[:NAME], invert[:NAME] (see chainrule.anomaly).")
+    common(d, data_help="")
+    d.add_argument("--in", dest="in_data", default=None,
+                   help="in-distribution data set (default: the one the run was trained on)")
+    d.add_argument("--ood", required=True, help="out-of-distribution set (e.g. notmnist:binarize, noise, flip)")
+    d.add_argument("--score", default=None, help=f"comma-separated scores (default all: {','.join(SCORES)})")
+    d.add_argument("--compressor", choices=COMPRESSORS, default="png")
+    d.add_argument("--false-alarm", type=float, default=0.05,
+                   help="false-alarm rate the threshold is chosen for, on in-distribution valid (default 0.05)")
+    d.add_argument("--max-images", type=int, default=None, help="use at most N images of each set")
+    d.add_argument("--out-dir", default=None, help="folder for PNG/CSV/JSON (default: RUN_DIR/detect-OOD)")
+    d.add_argument("--json", default=None, help="JSON file for the metrics (default: OUT_DIR/detect.json)")
+    d.set_defaults(func=cmd_detect)
+
+    f = sub.add_parser("features", help="the model's features of every split to an .npz")
+    common(f)
+    f.add_argument("--out", default=None, help=".npz file (default: RUN_DIR/features-DATA.npz)")
+    f.set_defaults(func=cmd_features)
+
+    pr = sub.add_parser("probe", help="linear probe: logistic regression on the features vs on raw pixels")
+    common(pr, data_help="labelled data set (default: the run's; e.g. mnist:binarize, digits)")
+    pr.add_argument("--features", default=None, help="features .npz written by `chainrule features`")
+    pr.add_argument("--max-iter", type=int, default=300, help="iterations of the logistic regression")
+    pr.add_argument("--out", default=None, help="also write the accuracies to this CSV")
+    pr.add_argument("--json", default=None, help="also write the accuracies to this JSON")
+    pr.set_defaults(func=cmd_probe)
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     import chainrule
@@ -334,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", default=None, help="only this model (then model options apply)")
     _add_model_flags(q)
     q.set_defaults(func=cmd_params)
+
+    _add_tool_parsers(sub)
     return p
 
 

@@ -89,3 +89,90 @@ def summarize(model: AutoregressiveModel, x: Tensor, data_levels: int, **kw) -> 
         "n": len(nll),
         "dequantized": model.levels is None,
     }
+
+
+# ---------------------------------------------------------------------- anomaly-detection metrics
+# Convention: the out-of-distribution images are the *positive* class and a *higher* score means
+# "more anomalous" (e.g. NLL). The metrics come from scikit-learn, not from hand-written code.
+
+
+def _scores_pair(scores_in, scores_out) -> tuple:
+    import numpy as np
+
+    s_in = np.asarray(scores_in, dtype=np.float64).ravel()
+    s_out = np.asarray(scores_out, dtype=np.float64).ravel()
+    if s_in.size == 0 or s_out.size == 0:
+        raise ValueError(
+            f"detection metrics need scores of both sets, got {s_in.size} in-distribution and "
+            f"{s_out.size} out-of-distribution scores"
+        )
+    if not (np.isfinite(s_in).all() and np.isfinite(s_out).all()):
+        raise ValueError("detection scores must be finite (got NaN or infinity)")
+    y = np.concatenate([np.zeros(s_in.size), np.ones(s_out.size)])
+    return s_in, s_out, y, np.concatenate([s_in, s_out])
+
+
+def fpr_at_tpr(scores_in, scores_out, tpr_level: float = 0.95) -> float:
+    """False-positive rate (in-distribution images flagged) at the first threshold whose
+    true-positive rate (OOD images flagged) reaches ``tpr_level``. Ties are one threshold."""
+    import numpy as np
+    from sklearn.metrics import roc_curve
+
+    _, _, y, s = _scores_pair(scores_in, scores_out)
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    return float(fpr[int(np.searchsorted(tpr, tpr_level - 1e-12, side="left"))])
+
+
+def detection_metrics(scores_in, scores_out) -> dict[str, float]:
+    """AUROC, AUPR (OOD positive, and in-distribution positive) and FPR at 95% TPR.
+
+    Args:
+        scores_in: ``(N_in,)`` anomaly scores of in-distribution images (higher = more anomalous).
+        scores_out: ``(N_out,)`` scores of out-of-distribution images.
+
+    Returns:
+        ``auroc`` (0.5 = chance, 1 = perfect separation, 0 = perfectly reversed), ``aupr``
+        (average precision with OOD as the positive class), ``aupr_in`` (in-distribution as the
+        positive class, scores negated), ``fpr_at_95_tpr``, and the set sizes.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    s_in, s_out, y, s = _scores_pair(scores_in, scores_out)
+    return {
+        "auroc": float(roc_auc_score(y, s)),
+        "aupr": float(average_precision_score(y, s)),
+        "aupr_in": float(average_precision_score(1 - y, -s)),
+        "fpr_at_95_tpr": fpr_at_tpr(s_in, s_out, 0.95),
+        "n_in": int(s_in.size),
+        "n_out": int(s_out.size),
+    }
+
+
+def threshold_for_false_alarm_rate(heldout_scores, rate: float = 0.05) -> float:
+    """The lowest threshold ``t`` among the held-out in-distribution scores such that at most a
+    fraction ``rate`` of them is flagged (``score > t``).
+
+    Choose it on held-out in-distribution data (the valid split), then measure the false-alarm
+    rate on other in-distribution data (the test split) with :func:`flag_rate`.
+    """
+    import math
+
+    import numpy as np
+
+    s = np.sort(np.asarray(heldout_scores, dtype=np.float64).ravel())
+    if s.size == 0:
+        raise ValueError("cannot choose a threshold from an empty set of held-out scores")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"false-alarm rate must lie in [0, 1), got {rate}")
+    k = max(0, math.ceil(s.size * (1.0 - rate) - 1.0 - 1e-9))  # then #(s > s[k]) <= n - 1 - k
+    return float(s[k])
+
+
+def flag_rate(scores, threshold: float) -> float:
+    """Fraction of images whose score exceeds ``threshold`` (flagged as anomalous)."""
+    import numpy as np
+
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise ValueError("flag_rate of an empty set of scores")
+    return float((s > threshold).mean())

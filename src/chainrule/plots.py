@@ -81,3 +81,146 @@ def training_curve(metrics: list[dict], path: str | Path, title: str = "") -> Pa
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------- anomaly detection pictures
+#: in-distribution vs out-of-distribution, everywhere (same blue/red as train/valid)
+IN_COLOUR = TRAIN_COLOUR
+OOD_COLOUR = VALID_COLOUR
+#: one colour per anomaly score on ROC plots
+SCORE_COLOURS = {"nll": "#1f77b4", "bits_per_dim": "#2ca02c", "complexity": "#9467bd"}
+#: bits/dim ranks images exactly like the NLL (same curve): dashed so that both stay visible
+SCORE_STYLES = {"bits_per_dim": "--"}
+#: colour map of "surprise" maps (per-pixel NLL): white = expected, dark red = surprising
+SURPRISE_CMAP = "Reds"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def pixel_nll_maps(
+    x: Tensor,
+    nll_maps: Tensor,
+    levels: int | None,
+    path: str | Path,
+    titles: list[str] | None = None,
+    title: str = "",
+) -> Path:
+    """Images (top row) above their per-pixel NLL maps (bottom row), as PNG.
+
+    Args:
+        x: ``(N, C, H, W)`` images (levels, or values in [0, 1] when ``levels`` is None).
+        nll_maps: ``(N, H, W)`` per-pixel NLL in nats (``-log p(x_i | x_<i)`` summed over channels).
+        titles: one short caption per image (e.g. its total NLL).
+
+    All maps share one colour scale (0 to the largest value), shown by one colour bar.
+    """
+    plt = _pyplot()
+    n = len(x)
+    if n == 0 or len(nll_maps) != n:
+        raise ValueError(f"pixel_nll_maps needs as many maps as images, got {len(nll_maps)} and {n}")
+    imgs = _to_uint8(x, levels)
+    maps = nll_maps.detach().double().cpu().numpy()
+    vmax = max(float(maps.max()), 1e-9)
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n + 0.9, 3.0), dpi=120, squeeze=False)
+    im = None
+    for k in range(n):
+        img = imgs[k]
+        axes[0, k].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255,
+                          interpolation="nearest")
+        im = axes[1, k].imshow(maps[k], cmap=SURPRISE_CMAP, vmin=0.0, vmax=vmax, interpolation="nearest")
+        if titles:
+            axes[0, k].set_title(titles[k], fontsize=7)
+        for a in axes[:, k]:
+            a.set_xticks([])
+            a.set_yticks([])
+    axes[0, 0].set_ylabel("image", fontsize=8)
+    axes[1, 0].set_ylabel("NLL per pixel", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    bar = fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.05, pad=0.02)
+    bar.set_label("nats", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def score_histogram(
+    scores_in: np.ndarray,
+    scores_out: np.ndarray,
+    path: str | Path,
+    xlabel: str = "anomaly score",
+    labels: tuple[str, str] = ("in-distribution", "out-of-distribution"),
+    threshold: float | None = None,
+    title: str = "",
+) -> Path:
+    """Overlaid histograms of the scores of two sets (shared bins, densities), as PNG.
+
+    A dashed line marks ``threshold`` when one is given (images above it are flagged).
+    """
+    plt = _pyplot()
+    a = np.asarray(scores_in, dtype=np.float64).ravel()
+    b = np.asarray(scores_out, dtype=np.float64).ravel()
+    lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+    bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 51)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.hist(a, bins=bins, density=True, alpha=0.55, color=IN_COLOUR, label=f"{labels[0]} (n={a.size})")
+    ax.hist(b, bins=bins, density=True, alpha=0.55, color=OOD_COLOUR, label=f"{labels[1]} (n={b.size})")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.4g}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save_figure(fig, path)
+
+
+def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
+    """ROC curves (false-positive rate vs true-positive rate), one per score, as PNG.
+
+    Args:
+        curves: ``{score name: (scores_in, scores_out)}``; OOD is the positive class and a
+            higher score means more anomalous. The legend gives each AUROC (scikit-learn).
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 4.5), dpi=120)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="chance")
+    for k, (name, (s_in, s_out)) in enumerate(curves.items()):
+        s_in, s_out = np.asarray(s_in).ravel(), np.asarray(s_out).ravel()
+        y = np.r_[np.zeros(s_in.size), np.ones(s_out.size)]
+        s = np.r_[s_in, s_out]
+        fpr, tpr, _ = roc_curve(y, s)
+        colour = SCORE_COLOURS.get(name, f"C{k}")
+        ax.plot(fpr, tpr, color=colour, lw=1.5, ls=SCORE_STYLES.get(name, "-"), label=f"{name} (AUROC {roc_auc_score(y, s):.3f})")
+    ax.axhline(0.95, color="black", lw=0.6, ls="--")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("false-positive rate (in-distribution flagged)")
+    ax.set_ylabel("true-positive rate (OOD flagged)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save_figure(fig, path)
