@@ -16,6 +16,8 @@ TINY_OPTIONS: dict[str, dict] = {
     "pixelcnn": {"hidden": 3, "layers": 2},
     "row-lstm": {"hidden": 3, "layers": 2},
     "diagonal-bilstm": {"hidden": 3, "layers": 2},
+    "nade": {"hidden": 5, "block": 2},
+    "rnade": {"hidden": 5, "components": 2, "block": 2},
 }
 
 DATA_DIR = Path(os.environ.get("CHAINRULE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

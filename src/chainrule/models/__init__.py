@@ -2,6 +2,7 @@
 
 from . import fvsbn, independent, markov, table  # noqa: F401  (registration side effects)
 from . import pixelrnn  # noqa: F401  (registration: pixelcnn, row-lstm, diagonal-bilstm)
+from . import nade, rnade  # noqa: F401  (registration: nade, rnade)
 from .base import AutoregressiveModel
 from .registry import available_models, build, count_parameters, model_class
 

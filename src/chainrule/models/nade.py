@@ -1,0 +1,501 @@
+"""NADE: the neural autoregressive distribution estimator (binary and K-level).
+
+Factorization, over an ordering ``o`` of the D dimensions (``x_<i`` = the earlier ones):
+
+    a_1 = c,    a_{i+1} = a_i + W_{o(i)} phi(x_{o(i)})           running activation, (H,)
+    h_i = act(a_i)                                                 act = sigmoid (default) | relu
+    p(x_{o(i)} = 1 | x_<i) = sigmoid(V_{o(i)} . h_i + b_{o(i)})    binary: phi(x) = x
+
+so the D conditionals share W and cost O(DH) per image in total, never O(D^2 H)
+(Larochelle & Murray, "The Neural Autoregressive Distribution Estimator", AISTATS 2011;
+Uria, Cote, Gregor, Murray & Larochelle, "Neural Autoregressive Distribution Estimation",
+JMLR 2016).
+
+K levels (8-bit data): each pixel is fed back as ``phi(x) = [x / (K-1), E_in[x]]`` (its scaled
+value and a learned M-dimensional embedding of its level, M = ``min(embed_dim, K)``), and the
+output of step i is a softmax over the K levels with logits ``E_out (V_{o(i)} h_i) + b_{o(i)}``
+(V_{o(i)} is M x H): the logits of a step vary in an M-dimensional subspace around a per-pixel
+bias, which keeps the model at O(D M H) parameters instead of O(D K H). The scaled value keeps
+the input differentiable in x (used by the causality-by-Jacobian check).
+
+Weights are indexed by *pixel*, not by step, so one set of weights defines a NADE for every
+ordering. ``ensemble = E > 1`` makes the model the uniform mixture of the NADEs of E orderings
+(the configured ``ordering`` and E-1 random ones from ``ensemble_seed``):
+
+    log p(x) = logsumexp_e log p_e(x) - log E
+
+(the mixture of joints, never an average of conditionals). Training it maximizes that exact
+mixture likelihood (order-agnostic training restricted to E orderings, Uria et al. 2016, without
+their mask inputs); sampling picks an ordering uniformly, then samples from it.
+
+Computation paths for the D conditionals (all equal to float rounding; the tests hold them to
+1e-10 in float64, values and gradients):
+
+* ``naive``: the per-dimension Python loop with autograd, the obvious code and the test oracle.
+* ``sparse`` (binary data, default on CPU): a per-step in-place loop inside a custom autograd
+  Function. With binary inputs a_i changes only on the rows whose previous pixel is 1, so the
+  activation and hidden units are updated on those rows only; the backward pass walks the steps
+  in reverse, restoring the saved rows, and never holds the (B, D, H) activations.
+* ``block`` (default on CUDA, and for K levels): steps in blocks of ``block``; within a block the
+  activations come from one matrix product with a strictly-lower-triangular mask, and the custom
+  backward recomputes them block by block from the saved block-start activations (B, D/T, H)
+  instead of storing (B, D, H).
+
+Known limits: one hidden layer; the ensemble's completion is exact only when the given pixels
+are a prefix of every ordering of the ensemble (a warning says otherwise); K-level logits are
+rank-M around the bias (raise ``embed_dim`` up to K for the full softmax).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..orderings import check_ordering_spec, resolve_ordering
+from .base import draw_uniforms, warn_if_not_prefix
+from .ordered import OrderedModel
+from .registry import register
+
+ACTIVATIONS = ("sigmoid", "relu")
+IMPLS = ("auto", "naive", "sparse", "block")
+
+
+@dataclass
+class NADEConfig:
+    hidden: int = 64  # H, hidden units (the papers use 500)
+    activation: str = "sigmoid"  # "sigmoid" (the papers) or "relu"
+    ordering: str | list[int] = "raster"  # the first (or only) ordering
+    ensemble: int = 1  # E orderings in the uniform mixture (1: a single NADE)
+    ensemble_seed: int = 1  # orderings 2..E are "random:(ensemble_seed + e)"
+    embed_dim: int = 16  # K levels only: M = min(embed_dim, K)
+    impl: str = "auto"  # "auto" | "naive" | "sparse" | "block" (see the module doc)
+    block: int = 32  # steps per block of the "block" path
+    init_scale: float = 1.0  # multiplies the default initial weight scales
+
+    def validate(self) -> None:
+        check_ordering_spec(self.ordering)
+        _check_int(self.hidden, "hidden", 1)
+        _check_int(self.ensemble, "ensemble", 1)
+        _check_int(self.embed_dim, "embed_dim", 1)
+        _check_int(self.block, "block", 1)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
+        if not self.init_scale >= 0:
+            raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
+
+
+def _check_int(v: Any, name: str, lo: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+
+
+# ====================================================================== shared computation
+def activate(a: Tensor, activation: str) -> Tensor:
+    return torch.sigmoid(a) if activation == "sigmoid" else torch.relu(a)
+
+
+def activation_grad(a: Tensor, h: Tensor, activation: str) -> Tensor:
+    """d act(a) / d a, given ``h = act(a)``."""
+    if activation == "sigmoid":
+        return h * (1.0 - h)
+    return (a > 0).to(a.dtype)
+
+
+def naive_preoutputs(
+    phi: Tensor, w: Tensor, c: Tensor, v: Tensor, rho: Tensor | None, activation: str
+) -> Tensor:
+    """The per-dimension loop, the test oracle: obviously correct, O(DH) per image.
+
+    Args:
+        phi: ``(B, D, Min)`` input features of each step (in visiting order).
+        w: ``(D, Min, H)`` input weights of each step.
+        c: ``(H,)`` hidden bias.
+        v: ``(D, Mout, H)`` output weights of each step.
+        rho: ``(D,)`` per-step activation scale (RNADE) or None.
+        activation: "sigmoid" or "relu".
+
+    Returns:
+        ``(B, D, Mout)``: ``V_i act(rho_i a_i)`` for every step i.
+    """
+    b, d, _ = phi.shape
+    a = c.expand(b, -1)
+    out = []
+    for i in range(d):
+        z = a if rho is None else a * rho[i]
+        h = activate(z, activation)  # (B, H)
+        out.append(h @ v[i].T)  # (B, Mout)
+        a = a + phi[:, i] @ w[i]  # (B, Min) @ (Min, H)
+    return torch.stack(out, 1)
+
+
+class BlockNADE(torch.autograd.Function):
+    """Blockwise NADE with a recomputing backward (see the module doc, ``block`` path).
+
+    forward(phi (B,D,Min), w (D,Min,H), c (H,), v (D,Mout,H), rho (D,) or None, activation,
+    block) -> (B, D, Mout). Saves only the activations at block starts, ``(n_blocks, B, H)``.
+    """
+
+    @staticmethod
+    def _block_activation(a0: Tensor, pt: Tensor, wb: Tensor) -> Tensor:
+        """Activations of the t steps of a block: a0 plus the strictly earlier steps' inputs.
+
+        a0 (B,H); pt (t,B,Min) block inputs; wb (t,Min,H). Returns (t, B, H).
+        """
+        t, b, m = pt.shape
+        lower = torch.ones(t, t, dtype=pt.dtype, device=pt.device).tril(-1)  # [t', s] = s < t'
+        xm = lower[:, None, :, None] * pt.transpose(0, 1)[None]  # (t, B, t, Min)
+        return (xm.reshape(t * b, t * m) @ wb.reshape(t * m, -1)).view(t, b, -1) + a0
+
+    @staticmethod
+    def forward(ctx, phi, w, c, v, rho, activation, block):
+        bsz, d, _ = phi.shape
+        pt = phi.transpose(0, 1)  # (D, B, Min)
+        out = phi.new_empty(d, bsz, v.shape[1])
+        a = c.expand(bsz, -1)
+        starts = []
+        for s in range(0, d, block):
+            e = min(s + block, d)
+            starts.append(a)
+            act_in = BlockNADE._block_activation(a, pt[s:e], w[s:e])  # (t, B, H)
+            z = act_in if rho is None else act_in * rho[s:e, None, None]
+            h = activate(z, activation)
+            torch.bmm(h, v[s:e].transpose(1, 2), out=out[s:e])  # (t, B, Mout)
+            a = act_in[-1] + pt[e - 1] @ w[e - 1]
+        ctx.activation, ctx.block = activation, block
+        ctx.save_for_backward(phi, w, c, v, rho, torch.stack(starts))
+        return out.transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        phi, w, c, v, rho, starts = ctx.saved_tensors
+        activation, block = ctx.activation, ctx.block
+        bsz, d, _ = phi.shape
+        pt = phi.transpose(0, 1)
+        g_all = grad_out.transpose(0, 1)  # (D, B, Mout)
+        acc = phi.new_zeros(bsz, w.shape[2])  # sum of dL/da over the later blocks
+        dw, dv = torch.empty_like(w), torch.empty_like(v)
+        dphi = torch.empty_like(pt) if ctx.needs_input_grad[0] else None
+        drho = torch.empty_like(rho) if rho is not None else None
+        for k in reversed(range(starts.shape[0])):
+            s = k * block
+            e = min(s + block, d)
+            t = e - s
+            act_in = BlockNADE._block_activation(starts[k], pt[s:e], w[s:e])
+            z = act_in if rho is None else act_in * rho[s:e, None, None]
+            h = activate(z, activation)
+            g = g_all[s:e]  # (t, B, Mout)
+            torch.bmm(g.transpose(1, 2), h, out=dv[s:e])  # (t, Mout, H)
+            dz = torch.bmm(g, v[s:e]) * activation_grad(z, h, activation)  # (t, B, H)
+            if rho is not None:
+                drho[s:e] = (dz * act_in).sum((1, 2))
+                dz = dz * rho[s:e, None, None]
+            upper = torch.ones(t, t, dtype=dz.dtype, device=dz.device).triu(1)  # [t, t'] = t' > t
+            later = (upper @ dz.reshape(t, -1)).view_as(dz) + acc  # dL/d(input of step t)
+            torch.bmm(pt[s:e].transpose(1, 2), later, out=dw[s:e])  # (t, Min, H)
+            if dphi is not None:
+                torch.bmm(later, w[s:e].transpose(1, 2), out=dphi[s:e])
+            acc = acc + dz.sum(0)
+        dc = acc.sum(0)
+        return (
+            dphi.transpose(0, 1) if dphi is not None else None,
+            dw,
+            dc,
+            dv,
+            drho,
+            None,
+            None,
+        )
+
+
+class SparseBinaryNADE(torch.autograd.Function):
+    """Per-step in-place NADE for binary inputs, updating only the rows whose input is 1.
+
+    forward(x (B,D) in {0,1}, w (D,H), c (H,), v (D,H), activation) -> (B, D) pre-logits
+    ``v_i . h_i``. Saves, for every step, the activation rows it overwrote (as many rows as
+    there are ones in the batch); the backward walks the steps in reverse and restores them.
+    No gradient for x (the caller uses another path when x needs one).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, c, v, activation):
+        bsz, d = x.shape
+        rows = _rows_by_step(x)
+        a = c.unsqueeze(0).repeat(bsz, 1)  # (B, H) running activation, a copy (updated in place)
+        h = activate(a, activation)
+        out = x.new_empty(d, bsz)
+        saved = []
+        for i in range(d):
+            torch.mv(h, v[i], out=out[i])
+            r = rows[i]
+            if r is not None:
+                old = a.index_select(0, r)
+                saved.append(old)
+                new = old + w[i]
+                a.index_copy_(0, r, new)
+                h.index_copy_(0, r, activate(new, activation))
+        ctx.activation, ctx.rows = activation, rows
+        ctx.saved_rows = saved
+        ctx.save_for_backward(w, v, a, h)
+        return out.T
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        w, v, a, h = ctx.saved_tensors
+        activation, rows, saved = ctx.activation, ctx.rows, list(ctx.saved_rows)
+        a, h = a.clone(), h.clone()
+        bsz, hid = a.shape
+        d = w.shape[0]
+        g = grad_out.T.contiguous()  # (D, B)
+        gh = a.new_zeros(bsz, hid)  # dL/dh summed over the current segment of steps
+        later = a.new_zeros(bsz, hid)  # dL/da summed over the later segments
+        dw = torch.zeros_like(w)
+        dv = torch.empty_like(v)
+        ht = h.T  # a view: follows the in-place updates of h
+        for i in reversed(range(d)):
+            r = rows[i]
+            if r is not None:  # the rows whose activation changed after step i
+                a_r, h_r = a.index_select(0, r), h.index_select(0, r)
+                da = gh.index_select(0, r) * activation_grad(a_r, h_r, activation)
+                later.index_add_(0, r, da)
+                gh.index_fill_(0, r, 0.0)
+                dw[i] = later.index_select(0, r).sum(0)
+                old = saved.pop()
+                a.index_copy_(0, r, old)
+                h.index_copy_(0, r, activate(old, activation))
+            torch.mv(ht, g[i], out=dv[i])
+            gh.addr_(g[i], v[i])
+        later += gh * activation_grad(a, h, activation)
+        return None, dw, later.sum(0), dv, None
+
+
+def _rows_by_step(x: Tensor) -> list[Tensor | None]:
+    """For each step (column of x), the indices of the rows where x is nonzero (None if none)."""
+    nz = x.T.nonzero()  # (N, 2): (step, row), sorted by step
+    counts = torch.bincount(nz[:, 0], minlength=x.shape[1]).tolist()
+    parts = torch.split(nz[:, 1], counts)
+    return [p if n else None for p, n in zip(parts, counts, strict=True)]
+
+
+# ====================================================================== the model
+@register
+class NADE(OrderedModel):
+    """NADE over binary or K-level images (see the module doc)."""
+
+    name = "nade"
+    Config = NADEConfig
+    supports = ("binary", "discrete")
+
+    orders: Tensor
+
+    def __init__(self, event_shape, levels, config: NADEConfig):
+        super().__init__(event_shape, levels, config)
+        d, hid = self.dim, config.hidden
+        if levels == 2:
+            self.m_in = self.m_out = 1
+        else:
+            m = min(config.embed_dim, levels)
+            self.m_in, self.m_out = 1 + m, m
+            self.embed_in = nn.Parameter(torch.randn(levels, m) * config.init_scale)  # (K, M)
+            self.embed_out = nn.Parameter(torch.randn(levels, m) * config.init_scale)  # (K, M)
+        s = config.init_scale
+        self.weight_in = nn.Parameter(torch.randn(d, self.m_in, hid) * s / math.sqrt(d))
+        self.bias_hidden = nn.Parameter(torch.zeros(hid))  # c
+        self.weight_out = nn.Parameter(torch.randn(d, self.m_out, hid) * s / math.sqrt(hid))
+        self.bias_out = nn.Parameter(torch.zeros(d, self.head.num_params))  # b
+        orders = [self.order]
+        for e in range(1, config.ensemble):
+            orders.append(resolve_ordering(f"random:{config.ensemble_seed + e}", self.event_shape))
+        self.register_buffer("orders", torch.stack(orders), persistent=False)  # (E, D)
+
+    # ------------------------------------------------------------------ pieces
+    def phi(self, xo: Tensor) -> Tensor:
+        """Input features of each value, ``(B, D) -> (B, D, Min)``."""
+        if self.levels == 2:
+            return xo.unsqueeze(-1)
+        emb = self.embed_in[xo.detach().long()]  # (B, D, M)
+        return torch.cat([(xo / (self.levels - 1)).unsqueeze(-1), emb], -1)
+
+    def head_params(self, pre: Tensor, bias: Tensor) -> Tensor:
+        """``(..., Mout)`` pre-outputs and ``(..., P)`` biases -> ``(..., P)`` head parameters."""
+        if self.levels == 2:
+            return pre + bias
+        return pre @ self.embed_out.T + bias
+
+    def _impl(self, xo: Tensor) -> str:
+        impl = self.config.impl
+        if impl == "auto":
+            impl = "sparse" if xo.device.type == "cpu" else "block"
+        if impl == "sparse" and (self.levels != 2 or xo.requires_grad):
+            impl = "block"  # the sparse path is for binary inputs without an input gradient
+        return impl
+
+    def preoutputs(self, xo: Tensor, order: Tensor, impl: str | None = None) -> Tensor:
+        """``V_i h_i`` of every step for the ordering ``order``: ``(B, D) -> (B, D, Mout)``.
+
+        Args:
+            xo: values in the visiting order of ``order``.
+            order: ``(D,)`` the ordering (flat pixel indices).
+            impl: "naive", "sparse" or "block" (default: the config's choice).
+        """
+        impl = impl or self._impl(xo)
+        w, v = self.weight_in[order], self.weight_out[order]
+        act = self.config.activation
+        if impl == "naive":
+            return naive_preoutputs(self.phi(xo), w, self.bias_hidden, v, None, act)
+        if impl == "sparse":
+            if self.levels != 2:
+                raise ValueError("the sparse path needs binary data (levels=2)")
+            return SparseBinaryNADE.apply(xo.detach(), w[:, 0], self.bias_hidden, v[:, 0], act)[
+                ..., None
+            ]
+        return BlockNADE.apply(self.phi(xo), w, self.bias_hidden, v, None, act, self.config.block)
+
+    def ordered_log_probs(self, x: Tensor, e: int = 0, impl: str | None = None) -> Tensor:
+        """Per-step log-likelihoods under ordering ``e`` of the ensemble, ``(B, D)`` in its
+        visiting order."""
+        order = self.orders[e]
+        xo = x.flatten(1)[:, order]
+        params = self.head_params(self.preoutputs(xo, order, impl), self.bias_out[order])
+        return self.head.log_prob(params, xo)
+
+    # ------------------------------------------------------------------ the chain rule
+    def _ordered_params(self, xo: Tensor) -> Tensor:
+        return self.head_params(self.preoutputs(xo, self.order), self.bias_out[self.order])
+
+    def _conditional_log_probs(self, x: Tensor) -> Tensor:
+        if self.config.ensemble > 1:
+            raise ValueError(
+                f"per-dimension conditionals of an ensemble of {self.config.ensemble} orderings "
+                "are not defined (it is a mixture); use log_prob, or ensemble=1"
+            )
+        return self.from_ordered(self.ordered_log_probs(x, 0))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log p(x) in nats, ``(B,)``; for an ensemble, the log of the uniform mixture."""
+        x = self.check_images(x)
+        return self._log_prob(x)
+
+    def _log_prob(self, x: Tensor, impl: str | None = None) -> Tensor:
+        n_e = self.config.ensemble
+        joints = torch.stack([self.ordered_log_probs(x, e, impl).sum(1) for e in range(n_e)])
+        if n_e == 1:
+            return joints[0]
+        return torch.logsumexp(joints, 0) - math.log(n_e)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Hidden units after the whole image is seen, ``act(c + sum_j W_j phi(x_j))``: (B, H).
+
+        The same for every ordering (the sum runs over all pixels)."""
+        x = self.check_images(x)
+        phi = self.phi(x.flatten(1))  # (B, D, Min), pixel order
+        a = self.bias_hidden + torch.einsum("bdm,dmh->bh", phi, self.weight_in)
+        return activate(a, self.config.activation)
+
+    # ------------------------------------------------------------------ sampling
+    def _sample(self, n, given, mask, generator, *, sparse: bool = True, **kwargs):
+        """Ancestral sampling in O(DH) per image, keeping ``given`` where ``mask`` is True.
+
+        ``sparse=False`` updates the hidden units of every row at every step (the reference
+        sampler); the default updates only the rows whose binary input is 1. Both give the same
+        images bit for bit from the same generator.
+        """
+        if kwargs:
+            raise ValueError(f"unexpected sample options for 'nade': {sorted(kwargs)}")
+        device, dtype = self._device, self._dtype
+        d, n_e = self.dim, self.config.ensemble
+        u = draw_uniforms(n, (d,), generator, device=device)  # one per step
+        comp = torch.zeros(n, dtype=torch.long, device=device)
+        if n_e > 1:
+            u_e = draw_uniforms(n, (1,), generator, device=device)[:, 0]
+            comp = self._choose_components(u_e, given, mask)
+        out = torch.zeros(n, d, device=device, dtype=dtype)  # pixel order
+        for e in range(n_e):
+            sel = (comp == e).nonzero()[:, 0]
+            if sel.numel() == 0:
+                continue
+            order = self.orders[e]
+            go = mo = None
+            if given is not None:
+                if n_e == 1:
+                    warn_if_not_prefix(mask.flatten(1), order)
+                go, mo = given.flatten(1)[sel][:, order], mask.flatten(1)[sel][:, order]
+            xo = self._sample_chain(order, u[sel], go, mo, sparse)
+            out[sel[:, None], order[None, :]] = xo
+        return out.reshape(n, *self.event_shape)
+
+    @torch.no_grad()
+    def _sample_chain(
+        self, order: Tensor, u: Tensor, go: Tensor | None, mo: Tensor | None, sparse: bool
+    ) -> Tensor:
+        """Draw ``(n, D)`` values in the visiting order of ``order`` from uniforms ``u``."""
+        n, d = u.shape
+        act = self.config.activation
+        w, v, bias = self.weight_in[order], self.weight_out[order], self.bias_out[order]
+        xo = torch.zeros(n, d, device=u.device, dtype=self._dtype)
+        a = self.bias_hidden.unsqueeze(0).repeat(n, 1)  # (n, H), a copy (updated in place)
+        h = activate(a, act)
+        binary = self.levels == 2
+        for i in range(d):
+            params = self.head_params(h @ v[i].T, bias[i])  # (n, P)
+            value = self.head.sample(params, u[:, i])
+            if go is not None:
+                value = torch.where(mo[:, i], go[:, i], value)
+            xo[:, i] = value
+            if binary and sparse:
+                r = value.nonzero()[:, 0]
+                if r.numel():
+                    new = a.index_select(0, r) + w[i, 0]
+                    a.index_copy_(0, r, new)
+                    h.index_copy_(0, r, activate(new, act))
+            else:
+                a = a + self.phi(value[:, None])[:, 0] @ w[i]
+                h = activate(a, act)
+        return xo
+
+    def _choose_components(self, u_e: Tensor, given: Tensor | None, mask: Tensor | None):
+        """Pick each sample's ordering: uniformly, or from p(e | given) for a completion whose
+        given pixels are a prefix of every ordering (otherwise uniformly, with a warning)."""
+        n_e = self.config.ensemble
+        n = u_e.shape[0]
+        logw = torch.zeros(n, n_e, device=u_e.device, dtype=torch.float64)
+        if given is not None:
+            m = mask.flatten(1)
+            prefix = all(_is_prefix(m, o) for o in self.orders)
+            if prefix:
+                for e in range(n_e):
+                    mo = m[:, self.orders[e]]
+                    lp = self.ordered_log_probs(given, e)  # prefix conditionals ignore the rest
+                    logw[:, e] = torch.where(mo, lp, torch.zeros_like(lp)).sum(1).double()
+            else:
+                warnings.warn(
+                    "the given pixels are not a prefix of every ordering of the ensemble: each "
+                    "sample's ordering is drawn uniformly and each free pixel from p(x_i | x_<i), "
+                    "so the completion is not an exact draw from p(rest | given)",
+                    stacklevel=4,
+                )
+        cdf = torch.softmax(logw, 1).cumsum(1)
+        return (cdf[:, :-1] <= u_e[:, None].double()).sum(1)
+
+
+def _is_prefix(mask: Tensor, order: Tensor) -> bool:
+    m = mask[:, order]
+    free_seen = torch.cumsum((~m).to(torch.int64), dim=1) > 0
+    return not bool((free_seen & m).any())
+
+
+__all__ = [
+    "NADE",
+    "NADEConfig",
+    "BlockNADE",
+    "SparseBinaryNADE",
+    "naive_preoutputs",
+    "activate",
+    "activation_grad",
+]
