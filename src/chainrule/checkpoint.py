@@ -46,6 +46,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -78,6 +81,29 @@ def load_tensors(path: Path) -> dict[str, Tensor]:
         return load(path.read_bytes())
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` strings of a safetensors file, read from its header alone.
+
+    A safetensors file starts with an 8-byte little-endian header length and a JSON header.
+    Raises :class:`CheckpointError` when the file is missing, truncated or not safetensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no weights file at {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?)")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"{path} has a corrupt safetensors header") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return dict(meta) if isinstance(meta, dict) else {}
 
 
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             train_cfg.epochs = args.epochs
         if args.device is not None:
             train_cfg.device = args.device
+        for key in ("checkpoint_every", "checkpoint_minutes"):  # safe to change on resume
+            if getattr(args, key) is not None:
+                setattr(train_cfg, key, getattr(args, key))
+        if args.bf16:
+            train_cfg.bf16 = True
+        train_cfg.progress = train_cfg.progress and not args.quiet
         data_dir = args.data_dir or data_dir
     else:
         name = args.model or _default_model()
@@ -136,28 +143,40 @@ def cmd_train(args: argparse.Namespace) -> int:
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
             "patience": args.patience, "device": args.device, "max_train": args.max_train,
             "time_budget_min": args.time_budget, "lr_schedule": args.lr_schedule,
+            "checkpoint_every": args.checkpoint_every, "checkpoint_minutes": args.checkpoint_minutes,
+            "dtype": args.dtype, "grad_clip": args.grad_clip,
         }
         defaults.update({k: v for k, v in given.items() if v is not None})
         defaults["closed_form"] = bool(args.closed_form)
         defaults["progress"] = not args.quiet
+        defaults["bf16"] = bool(args.bf16)
         train_cfg = TrainConfig(**defaults)
         run = Path(args.out) if args.out else _fresh_run_dir(name, data)
     train_cfg.validate()
     splits = load_dataset(data, data_dir=data_dir)
     if not resume:  # a real-valued model (RNADE) sees the data dequantized to [0, 1]
         levels = None if model_class(name).supports == ("real",) else splits.levels
+    import torch
+
+    from chainrule.distributed import env_rank, env_world_size
+
+    torch.manual_seed(train_cfg.seed)  # the same initial weights in every process and every run
     model = chainrule.build(name, event_shape=splits.event_shape, levels=levels, **options)
-    print(f"data:  {splits.describe()}", file=sys.stderr)
-    print(f"model: {name} with {model.num_parameters():,} parameters", file=sys.stderr)
-    print(f"run:   {run}", file=sys.stderr)
+    main_rank = env_rank() == 0
+    if main_rank:
+        print(f"data:  {splits.describe()}", file=sys.stderr)
+        print(f"model: {name} with {model.num_parameters():,} parameters", file=sys.stderr)
+        world = env_world_size()
+        print(f"run:   {run}" + (f" ({world} processes)" if world > 1 else ""), file=sys.stderr)
     result = train(
         model, splits, train_cfg, run, resume=resume,
         run_info={"data": data, "data_dir": str(data_dir) if data_dir else None, "command": " ".join(sys.argv)},
     )
-    print(describe_result(result, model.dim))
-    for f in result.get("files", []):
-        print(f"wrote {f}")
-    print(f"checkpoint: {run}")
+    if main_rank:
+        print(describe_result(result, model.dim))
+        for f in result.get("files", []):
+            print(f"wrote {f}")
+        print(f"checkpoint: {run}")
     return 0
 
 
@@ -585,6 +604,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run folder (default: runs/MODEL-DATA[-N])")
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to train (default auto)")
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast for training (meant for CUDA)")
+    t.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="the weights' dtype (default float32)")
+    t.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this (0: off)")
+    t.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                   help="also save the training state every STEPS steps (default: epoch ends, and every "
+                   "--checkpoint-minutes); --resume continues exactly from the last one")
+    t.add_argument("--checkpoint-minutes", type=float, default=None, metavar="MIN",
+                   help="save the training state at least every MIN minutes within an epoch (default 5; 0: off)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_flags(t)
     t.set_defaults(func=cmd_train)
@@ -629,7 +657,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (UserError, ValueError, TrainingError, FileNotFoundError, PermissionError) as e:
         msg = str(e) if not isinstance(e, (FileNotFoundError, PermissionError)) or not e.filename else f"{e.strerror}: {e.filename}"
-        print(f"chainrule {args.command}: error: {msg}", file=sys.stderr)
+        from chainrule.distributed import env_rank
+
+        rank = env_rank() if os.environ.get("RANK", "0").isdigit() else 0
+        who = f"chainrule {args.command}" + (f" (rank {rank})" if rank else "")
+        print(f"{who}: error: {msg}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"chainrule {args.command}: interrupted", file=sys.stderr)

@@ -9,20 +9,34 @@ A run folder holds:
 * ``config.json``: everything needed to rebuild the run (model, options, data, training);
 * ``metrics.jsonl``: one line per epoch (train and valid NLL, time, learning rate);
 * ``model.safetensors`` + ``model.json``: the best model (a checkpoint ``chainrule.load`` reads);
-* ``state.safetensors`` + ``state.json``: the last epoch's model, optimizer and counters, so
-  that ``--resume`` continues exactly where the run stopped;
+* ``state.safetensors`` (+ ``state.json``, a readable copy of its counters): the training
+  state: model, Adam's moments, the epoch and the step within it, the running train loss, the
+  random-number state and the data order of the current epoch. It is written at the start, at
+  every epoch end, and within an epoch every ``checkpoint_every`` steps and at least every
+  ``checkpoint_minutes``; ``--resume`` continues from it *exactly*, after a kill at any moment;
 * ``samples.png``, ``curve.png``, ``result.json`` at the end.
 
-Determinism: the data order, dynamic binarization and dequantization noise of epoch ``e`` are
-drawn from generators seeded by ``(seed, e)``, so a resumed run sees the same batches as an
-uninterrupted one. Every file is written atomically (temporary file, flush, rename).
+Determinism: the data order and dynamic binarization of epoch ``e`` are drawn from generators
+seeded by ``(seed, e)`` and the dequantization noise of step ``s`` by ``(seed, e, s)``, so a
+resumed run sees the same batches as an uninterrupted one. Every file is written atomically
+(temporary file, flush, fsync, rename), and the counters travel *inside* ``state.safetensors``
+(its metadata), so weights and counters can never come from two different moments.
+
+Several processes (``torchrun``): see :mod:`chainrule.distributed`. ``batch_size`` is the
+*global* batch, split over the processes, so one process and N processes take the same steps.
+
+Devices: ``device`` auto/cpu/cuda; ``bf16`` runs the training forward and backward under bf16
+autocast (meant for CUDA; the weights, the optimizer and every reported NLL stay in the model's
+dtype). Checkpoints are written from CPU copies and load on any device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -30,12 +44,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from . import __version__ as _version  # noqa: F401  (re-exported in config.json)
-from .checkpoint import atomic_write_json, load_tensors, save, save_tensors
+from . import distributed
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_tensors,
+    read_metadata,
+    save,
+    save_tensors,
+)
 from .data import Splits, dynamic_binarize
-from .evaluate import bits_per_dim, check_compatible, nll_offset, summarize, to_model_input
+from .evaluate import (
+    bits_per_dim,
+    check_compatible,
+    nll_offset,
+    per_image_nll,
+    summarize,
+    to_model_input,
+)
 from .models.base import AutoregressiveModel
+
+STATE_FORMAT = "chainrule-train-state/2"
 
 
 class TrainingError(RuntimeError):
@@ -47,7 +80,7 @@ class TrainConfig:
     """Options of the trainer (the CLI's ``chainrule train`` flags)."""
 
     epochs: int = 20
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch: split over the processes under torchrun
     lr: float = 1e-3
     seed: int = 0
     patience: int = 5  # epochs without a better valid NLL before stopping; 0 never stops early
@@ -61,32 +94,64 @@ class TrainConfig:
     time_budget_min: float = 0.0  # stop after this many minutes of training (0: no budget)
     num_samples: int = 64  # images drawn for samples.png
     progress: bool = True
+    checkpoint_every: int = 0  # also save the training state every N steps (0: not by steps)
+    checkpoint_minutes: float = 5.0  # ... and at least every M minutes within an epoch (0: off)
+    bf16: bool = False  # bf16 autocast for the training forward/backward (CUDA)
+    dtype: str = ""  # "float32" or "float64": cast the model first ("": keep its dtype)
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size", "num_samples"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "num_samples", "checkpoint_every"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "epochs" else 1):
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+            low = 0 if name in ("epochs", "checkpoint_every") else 1
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                kind = "an int >= 0" if low == 0 else "a positive int"
+                raise ValueError(f"{name} must be {kind}, got {v!r}")
+        for name in ("lr", "weight_decay", "grad_clip", "time_budget_min", "checkpoint_minutes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if not self.lr > 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if self.patience < 0 or self.max_train < 0 or self.time_budget_min < 0:
-            raise ValueError("patience, max_train and time_budget_min must be >= 0")
+        for name in ("patience", "max_train"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        for name in ("weight_decay", "grad_clip", "time_budget_min", "checkpoint_minutes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
         if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(
+                f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
+            )
+        if not isinstance(self.device, str) or (
+            self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:")
+        ):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.dtype not in ("", "float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA device is available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
+
+
+def _step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    """Dequantization noise of one global batch: depends on (seed, epoch, step) only."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_033 + step) * 7 + 3)
 
 
 # ---------------------------------------------------------------------- state files
@@ -104,49 +169,119 @@ def _optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.T
 
 
 def _optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    params = [p for g in opt.param_groups for p in g["params"]]
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
         if key.startswith("optim."):
             _, idx, k = key.split(".", 2)
-            state.setdefault(int(idx), {})[k] = v
+            i = int(idx)
+            if not 0 <= i < len(params):
+                raise ValueError(f"optimizer state for parameter {i}, the model has {len(params)}")
+            if k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") and v.shape != params[i].shape:
+                raise ValueError(
+                    f"optimizer {k} of parameter {i} has shape {tuple(v.shape)}, "
+                    f"the parameter {tuple(params[i].shape)}"
+                )
+            state.setdefault(i, {})[k] = v
     for key, v in meta.get("scalars", {}).items():
         idx, k = key.split(".", 1)
         state.setdefault(int(idx), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_state(run: Path, model, opt, counters: dict) -> None:
-    """The last epoch's full training state (model, optimizer, counters, RNG)."""
+def save_state(
+    run: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    counters: dict,
+    order: torch.Tensor | None = None,
+) -> None:
+    """Write the full training state atomically: one safetensors file holding the model,
+    Adam's moments, the random-number state, the current epoch's data order and (in its
+    metadata) the counters; ``state.json`` is a readable copy of the counters.
+
+    Refuses (TrainingError) to overwrite the last good state with non-finite weights.
+    """
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for k, v in tensors.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise TrainingError(
+                f"the weights became non-finite ({k[len('model.') :]}) at epoch {counters['epoch'] + 1}, "
+                f"step {counters['step']}; training stopped and the last good checkpoint is kept. "
+                f"Try a smaller --lr or --grad-clip"
+            )
     opt_tensors, opt_meta = _optimizer_to_tensors(opt)
     tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
-    save_tensors(run / "state.safetensors", tensors)
-    atomic_write_json(run / "state.json", {**counters, "optimizer": opt_meta})
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    if order is not None:
+        tensors["data.order"] = order.to(torch.int64)
+    meta = {"format": STATE_FORMAT, **counters, "optimizer": opt_meta}
+    save_tensors(run / "state.safetensors", tensors, metadata={"chainrule_state": json.dumps(meta)})
+    atomic_write_json(run / "state.json", meta)
 
 
-def load_state(run: Path, model, opt) -> dict:
-    meta_path = run / "state.json"
-    if not meta_path.is_file():
-        raise TrainingError(f"cannot resume: {meta_path} is missing (the run never finished an epoch)")
+def read_state(run: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The counters and tensors of ``run/state.safetensors``; TrainingError when unusable."""
+    path = run / "state.safetensors"
+    if not path.is_file():
+        raise TrainingError(f"cannot resume: {path} is missing (the run never started training)")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise TrainingError(f"cannot resume: {meta_path} is not valid JSON: {e}") from None
-    tensors = load_tensors(run / "state.safetensors")
+        meta_text = read_metadata(path).get("chainrule_state")
+        tensors = load_tensors(path)
+    except CheckpointError as e:
+        raise TrainingError(f"cannot resume: {e}") from None
+    if meta_text is None:  # an older state file: counters only in state.json
+        try:
+            meta = json.loads((run / "state.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise TrainingError(f"cannot resume: {run / 'state.json'} is unreadable: {e}") from None
+    else:
+        try:
+            meta = json.loads(meta_text)
+        except json.JSONDecodeError as e:
+            raise TrainingError(f"cannot resume: the counters in {path} are corrupt: {e}") from None
+    need = ("epoch", "best_valid", "bad_epochs", "optimizer")
+    if not isinstance(meta, dict) or not all(k in meta for k in need):
+        raise TrainingError(f"cannot resume: {path} lacks the training counters {need}")
+    for k, v in tensors.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise TrainingError(f"cannot resume: {path} holds non-finite values in {k}")
+    return meta, tensors
+
+
+def load_state(
+    run: Path, model: nn.Module, opt: torch.optim.Optimizer
+) -> tuple[dict, torch.Tensor | None]:
+    """Restore model, optimizer and random state from ``run``; return (counters, data order)."""
+    meta, tensors = read_state(run)
     model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(model_sd)
         _optimizer_from_tensors(opt, tensors, meta["optimizer"])
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise TrainingError(f"cannot resume from {run}: its state does not match this model: {e}") from None
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainingError(
+            f"cannot resume from {run}: its state does not match this model: {msg}"
+        ) from None
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
-    return meta
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    meta.setdefault("step", 0)
+    return meta, tensors.get("data.order")
 
 
-def check_run_folder(out: Path, resume: bool) -> None:
-    """Refuse to overwrite another run; check the folder is writable before training starts."""
+def _checkpoint_bytes(model: nn.Module) -> int:
+    """Rough bytes one round of checkpoints needs: best model + state (model, 2 moments)."""
+    n = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return 4 * n + (1 << 20)
+
+
+def check_run_folder(out: Path, resume: bool, need_bytes: int = 0) -> None:
+    """Before training starts: refuse to overwrite another run; check that the folder can be
+    written and that the disk has room for the checkpoints (twice, for the atomic renames)."""
     if not resume and (out / "model.safetensors").exists():
         raise TrainingError(
             f"{out} already holds a trained model; choose another --out, or --resume {out}"
@@ -158,6 +293,15 @@ def check_run_folder(out: Path, resume: bool) -> None:
         probe.unlink()
     except OSError as e:
         raise TrainingError(f"run folder {out} is not writable: {e.strerror or e}") from None
+    if resume:  # temporary files of writes that a kill interrupted (the old files are intact)
+        for stale in out.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+    free = shutil.disk_usage(out).free
+    if need_bytes and free < 2 * need_bytes:
+        raise TrainingError(
+            f"not enough free disk space for the run folder {out}: {free / 2**20:.1f} MiB free, "
+            f"its checkpoints need about {2 * need_bytes / 2**20:.1f} MiB"
+        )
 
 
 # ---------------------------------------------------------------------- the loop
@@ -171,6 +315,39 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class _NLLSum(nn.Module):
+    """``-sum log p(x)`` as a module's forward, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: AutoregressiveModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.model.log_prob(x).sum()
+
+
+def _summarize(model, x, levels: int, batch_size: int, d: distributed.Dist, device) -> dict:
+    """:func:`summarize`, with the images split over the processes and the sums reduced."""
+    if not d.enabled:
+        return summarize(model, x, levels, batch_size=batch_size)
+    shard = x[d.rank :: d.world]
+    if len(shard):
+        nll = per_image_nll(model, shard, levels, batch_size=batch_size)
+        local = [nll.sum().item(), (nll * nll).sum().item(), float(len(nll))]
+    else:
+        local = [0.0, 0.0, 0.0]
+    s, s2, n = distributed.all_sum(d, local, device)
+    mean = s / n
+    var = max(s2 - n * mean * mean, 0.0) / (n - 1) if n > 1 else 0.0
+    return {
+        "nll_nats": mean,
+        "nll_stderr": math.sqrt(var / n),
+        "bits_per_dim": bits_per_dim(mean, model.dim),
+        "n": int(n),
+        "dequantized": model.levels is None,
+    }
+
+
 def train(
     model: AutoregressiveModel,
     splits: Splits,
@@ -182,12 +359,16 @@ def train(
 ) -> dict:
     """Train ``model`` on ``splits``; return the result (best valid and test NLL, ...).
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) every process calls this with
+    the same arguments; they form one process group (gloo on CPU, nccl on CUDA), share the
+    work, and only rank 0 writes to ``out``.
+
     Args:
         model: any chainrule model.
         splits: the data (uint8 images at ``splits.levels``).
         cfg: trainer options.
         out: the run folder (None: keep nothing on disk).
-        resume: continue the run in ``out`` from its last saved epoch.
+        resume: continue the run in ``out`` from its last saved state (exactly).
         run_info: extra fields for ``config.json`` (model name and options, data name, ...).
 
     Returns:
@@ -195,13 +376,38 @@ def train(
         ``seconds``, ``num_parameters`` and the paths of what was written.
     """
     cfg.validate()
+    if not isinstance(model, AutoregressiveModel):
+        raise ValueError(f"model must be a chainrule model, got {type(model).__name__}")
     check_compatible(model, splits.event_shape, splits.levels, splits.name)
-    device = resolve_device(cfg.device)
-    run = Path(out) if out is not None else None
-    if run is not None:
-        check_run_folder(run, resume)
-    torch.manual_seed(cfg.seed)
+    if resume and out is None:
+        raise ValueError("resume needs a run folder")
+    device = distributed.process_device(resolve_device(cfg.device))
+    d = distributed.setup(device)
+    try:
+        return _train(
+            model, splits, cfg, Path(out) if out is not None else None, resume, run_info, device, d
+        )
+    finally:
+        distributed.teardown(d)
+
+
+def _train(
+    model, splits: Splits, cfg: TrainConfig, run: Path | None, resume: bool, run_info, device, d
+) -> dict:
+    if cfg.dtype:
+        model.to(getattr(torch, cfg.dtype))
     model.to(device)
+    # the run folder: checked by rank 0, before any training; every process learns the outcome
+    err: TrainingError | None = None
+    if run is not None and d.is_main:
+        try:
+            check_run_folder(run, resume, 0 if cfg.closed_form else _checkpoint_bytes(model))
+        except TrainingError as e:
+            err = e
+    if distributed.agree(d, err is not None, device):
+        raise err or TrainingError("rank 0 cannot use the run folder (see its message); stopped")
+    writer = run if d.is_main else None  # only rank 0 writes
+    torch.manual_seed(cfg.seed)
 
     train_x = splits.train[: cfg.max_train] if cfg.max_train else splits.train
     intensities = splits.train_intensities
@@ -212,7 +418,7 @@ def train(
     metrics: list[dict] = []
     start = time.perf_counter()
 
-    if run is not None:
+    if writer is not None and not resume:
         info = {
             "chainrule_version": _version,
             "torch_version": torch.__version__,
@@ -223,76 +429,36 @@ def train(
             "options": dataclasses.asdict(model.config),
             "data": (run_info or {}).get("data", splits.name),
             "train": dataclasses.asdict(cfg),
+            "processes": d.world,
         }
-        if not resume:
-            atomic_write_json(run / "config.json", info)
+        atomic_write_json(writer / "config.json", info)
 
+    eval_ = lambda x: _summarize(model, x, splits.levels, cfg.eval_batch_size, d, device)  # noqa: E731
     if cfg.closed_form:
         fit = getattr(model, "fit", None)
         if fit is None:
             raise ValueError(f"model {model.name!r} has no closed-form fit; train it with Adam")
         fit(train_x.to(device))
-        valid = summarize(model, splits.valid, splits.levels, batch_size=cfg.eval_batch_size)
-        train_nll = summarize(model, train_x, splits.levels, batch_size=cfg.eval_batch_size)["nll_nats"]
-        metrics.append({"epoch": 1, "train_nll": train_nll, "valid_nll": valid["nll_nats"], "seconds": time.perf_counter() - start})
-        best_valid, epochs_done = valid["nll_nats"], 1
-        if run is not None:
-            save(model, run)
-            _write_metrics(run, metrics, append=False)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        first_epoch, best_valid, bad_epochs = 0, math.inf, 0
-        if resume:
-            if run is None:
-                raise ValueError("resume needs a run folder")
-            counters = load_state(run, model, opt)
-            first_epoch, best_valid, bad_epochs = counters["epoch"], counters["best_valid"], counters["bad_epochs"]
-            metrics = _read_metrics(run)[:first_epoch]
-            _log(f"resuming {run} after epoch {first_epoch} (best valid NLL {best_valid:.3f})")
-        elif run is not None:
-            _write_metrics(run, [], append=False)
-        epochs_done = first_epoch
-        offset = nll_offset(model, splits.levels)
-        for epoch in range(first_epoch, cfg.epochs):
-            if cfg.patience and bad_epochs >= cfg.patience:
-                break
-            if cfg.time_budget_min and time.perf_counter() - start > 60 * cfg.time_budget_min:
-                _log(f"time budget of {cfg.time_budget_min} min reached after {epoch} epochs")
-                break
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(cfg, epoch)
-            train_nll = _train_epoch(model, opt, train_x, intensities, splits.levels, cfg, epoch, device)
-            train_nll += offset
-            valid = summarize(model, splits.valid, splits.levels, batch_size=cfg.eval_batch_size)
-            improved = valid["nll_nats"] < best_valid
-            best_valid = min(best_valid, valid["nll_nats"])
-            bad_epochs = 0 if improved else bad_epochs + 1
-            epochs_done = epoch + 1
-            row = {
-                "epoch": epoch + 1,
+        valid = eval_(splits.valid)
+        train_nll = eval_(train_x)["nll_nats"]
+        metrics.append(
+            {
+                "epoch": 1,
                 "train_nll": train_nll,
                 "valid_nll": valid["nll_nats"],
-                "valid_bits_per_dim": valid["bits_per_dim"],
-                "lr": opt.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - start,
             }
-            metrics.append(row)
-            _log(
-                f"epoch {epoch + 1:3d}  train {train_nll:9.3f}  valid {valid['nll_nats']:9.3f} nats"
-                f"  ({valid['bits_per_dim']:.4f} bits/dim){'  *' if improved else ''}"
-            )
-            if run is not None:
-                if improved:
-                    save(model, run)
-                _write_metrics(run, [row], append=True)
-                save_state(run, model, opt, {"epoch": epoch + 1, "best_valid": best_valid, "bad_epochs": bad_epochs})
-        if run is not None and (run / "model.safetensors").exists():
-            from .checkpoint import load as load_checkpoint
+        )
+        best_valid, epochs_done = valid["nll_nats"], 1
+        if writer is not None:
+            save(model, writer)
+            _write_metrics(writer, metrics, append=False)
+    else:
+        best_valid, epochs_done = _fit(
+            model, splits, cfg, run, writer, resume, train_x, intensities, metrics, start, device, d
+        )
 
-            best = load_checkpoint(run, map_location=device)
-            model.load_state_dict(best.state_dict())
-
-    test = summarize(model, splits.test, splits.levels, batch_size=cfg.eval_batch_size)
+    test = eval_(splits.test)
     result = {
         "model": model.name,
         "data": splits.name,
@@ -305,49 +471,232 @@ def train(
         "test_bits_per_dim": test["bits_per_dim"],
         "dequantized": test["dequantized"],
         "device": str(device),
+        "processes": d.world,
     }
-    if run is not None:
-        result["files"] = _write_pictures(model, splits, metrics, run, cfg)
-        atomic_write_json(run / "result.json", result)
+    if writer is not None:
+        result["files"] = _write_pictures(model, splits, metrics, writer, cfg)
+        atomic_write_json(writer / "result.json", result)
     return result
 
 
-def _train_epoch(model, opt, train_x, intensities, levels, cfg: TrainConfig, epoch: int, device) -> float:
+def _fit(model, splits, cfg, run, writer, resume, train_x, intensities, metrics, start, device, d):
+    """Adam over the epochs, with step-level checkpoints; returns (best valid, epochs done)."""
+    from .checkpoint import load as load_checkpoint
+
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    counters = {
+        "epoch": 0,
+        "step": 0,
+        "best_valid": math.inf,
+        "bad_epochs": 0,
+        "train_sum": 0.0,
+        "train_count": 0,
+    }
+    order = None
+    best_state: dict[str, torch.Tensor] | None = None
+    fingerprint = {"seed": cfg.seed, "batch_size": cfg.batch_size, "n_train": len(train_x)}
+    if resume:
+        loaded, order = load_state(run, model, opt)
+        for k, v in fingerprint.items():
+            if k in loaded and loaded[k] != v:
+                raise TrainingError(
+                    f"cannot resume {run}: its state was written with {k}={loaded[k]}, this run has {k}={v}"
+                )
+        counters.update({k: loaded[k] for k in counters if k in loaded})
+        start -= float(loaded.get("seconds", 0.0))
+        metrics[:] = _read_metrics(run)[: counters["epoch"]]
+        if (run / "model.safetensors").exists():
+            best_state = load_checkpoint(run, map_location=device).state_dict()
+        distributed.barrier(d)  # everyone has read the state before rank 0 may overwrite it
+        if d.is_main:
+            where = (
+                f"epoch {counters['epoch'] + 1}, step {counters['step']}"
+                if counters["step"]
+                else f"the end of epoch {counters['epoch']}"
+            )
+            _log(f"resuming {run} at {where} (best valid NLL {counters['best_valid']:.3f})")
+    elif writer is not None:
+        _write_metrics(writer, [], append=False)
+        if all(
+            torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()
+        ):
+            save_state(writer, model, opt, {**counters, **fingerprint, "seconds": 0.0})
+        # else: the first loss is non-finite and stops the run with that message
+    net = model
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        net = DistributedDataParallel(_NLLSum(model), device_ids=ids)
+    offset = nll_offset(model, splits.levels)
+    epochs_done = counters["epoch"]
+    for epoch in range(counters["epoch"], cfg.epochs):
+        if cfg.patience and counters["bad_epochs"] >= cfg.patience:
+            break
+        over = bool(cfg.time_budget_min) and time.perf_counter() - start > 60 * cfg.time_budget_min
+        if distributed.broadcast_flag(d, over, device):
+            if d.is_main:
+                _log(f"time budget of {cfg.time_budget_min} min reached after {epoch} epochs")
+            break
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(cfg, epoch)
+        train_nll = _train_epoch(
+            model,
+            net,
+            opt,
+            train_x,
+            intensities,
+            splits.levels,
+            cfg,
+            epoch,
+            device,
+            d,
+            writer,
+            counters,
+            fingerprint,
+            order if counters["step"] else None,
+            start,
+        )
+        order = None
+        train_nll += offset
+        valid = _summarize(model, splits.valid, splits.levels, cfg.eval_batch_size, d, device)
+        improved = valid["nll_nats"] < counters["best_valid"]
+        counters["best_valid"] = min(counters["best_valid"], valid["nll_nats"])
+        counters["bad_epochs"] = 0 if improved else counters["bad_epochs"] + 1
+        counters.update(epoch=epoch + 1, step=0, train_sum=0.0, train_count=0)
+        epochs_done = epoch + 1
+        row = {
+            "epoch": epoch + 1,
+            "train_nll": train_nll,
+            "valid_nll": valid["nll_nats"],
+            "valid_bits_per_dim": valid["bits_per_dim"],
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - start,
+        }
+        metrics.append(row)
+        if improved:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if d.is_main:
+            _log(
+                f"epoch {epoch + 1:3d}  train {train_nll:9.3f}  valid {valid['nll_nats']:9.3f} nats"
+                f"  ({valid['bits_per_dim']:.4f} bits/dim){'  *' if improved else ''}"
+            )
+        if writer is not None:
+            if improved:
+                save(model, writer)
+            _write_metrics(writer, [row], append=True)
+            save_state(writer, model, opt, {**counters, **fingerprint, "seconds": row["seconds"]})
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return counters["best_valid"], epochs_done
+
+
+def _train_epoch(
+    model,
+    net,
+    opt,
+    train_x,
+    intensities,
+    levels,
+    cfg: TrainConfig,
+    epoch: int,
+    device,
+    d,
+    writer,
+    counters: dict,
+    fingerprint: dict,
+    saved_order,
+    start: float,
+) -> float:
+    """One epoch from step ``counters['step']``; returns the epoch's mean train NLL (nats).
+
+    Global batch ``b`` is ``order[b*B:(b+1)*B]``; this process takes ``[rank::world]`` of it.
+    """
     from tqdm import tqdm
 
     model.train()
     order = torch.randperm(len(train_x), generator=_epoch_generator(cfg.seed, epoch, 0))
+    if saved_order is not None:  # resuming mid-epoch: the order the state file recorded
+        if saved_order.shape != order.shape:
+            raise TrainingError(
+                f"cannot resume: the saved data order has {len(saved_order)} images, the data {len(order)}"
+            )
+        order = saved_order
     if intensities is not None:  # dynamic binarization, redrawn every epoch
         train_x = dynamic_binarize(*intensities, _epoch_generator(cfg.seed, epoch, 1))
-    noise = _epoch_generator(cfg.seed, epoch, 2)
-    total, count = 0.0, 0
+    total, count = float(counters["train_sum"]), int(counters["train_count"])
     n_batches = math.ceil(len(order) / cfg.batch_size)
-    bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}", leave=False, disable=not (cfg.progress and sys.stderr.isatty()))
+    first = int(counters["step"])
+    if not 0 <= first <= n_batches:
+        raise TrainingError(
+            f"cannot resume: saved step {first} is outside this epoch's {n_batches} steps"
+        )
+    show = cfg.progress and d.is_main and sys.stderr.isatty()
+    bar = tqdm(
+        range(first, n_batches),
+        desc=f"epoch {epoch + 1}",
+        leave=False,
+        disable=not show,
+        initial=first,
+        total=n_batches,
+    )
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if cfg.bf16
+        else contextlib.nullcontext()
+    )
+    last_save = time.perf_counter()
     for b in bar:
         idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        xb = to_model_input(model, train_x[idx], levels, noise).to(device)
-        loss = -model.log_prob(xb).mean()
-        if not torch.isfinite(loss):
+        xb = to_model_input(model, train_x[idx], levels, _step_generator(cfg.seed, epoch, b))
+        local = xb[d.rank :: d.world]
+        weight = d.world / len(idx)
+        if len(local) == 0:  # fewer images than processes in the last batch: take part, add 0
+            local, weight = xb[:1], 0.0
+        with autocast:
+            nll_sum = net(local) if d.enabled else -model.log_prob(local).sum()
+        # every process learns the global batch's loss before anyone steps
+        s, n = distributed.all_sum(
+            d,
+            [nll_sum.detach().double().item() if weight else 0.0, float(len(idx)) / d.world],
+            device,
+        )
+        if not math.isfinite(s):
             raise TrainingError(
-                f"the loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}; training stopped "
+                f"the loss became {s / n:g} at epoch {epoch + 1}, batch {b + 1}; training stopped "
                 f"and the last good checkpoint is kept. Try a smaller --lr"
             )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (nll_sum.float() * weight if cfg.bf16 else nll_sum * weight).backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        total += loss.item() * len(idx)
+        total += s
         count += len(idx)
         bar.set_postfix(nll=f"{total / count:.2f}")
+        done = b + 1
+        if writer is not None and done < n_batches:
+            by_steps = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+            by_time = (
+                cfg.checkpoint_minutes
+                and time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes
+            )
+            if by_steps or by_time:
+                counters.update(step=done, train_sum=total, train_count=count)
+                save_state(
+                    writer,
+                    model,
+                    opt,
+                    {**counters, **fingerprint, "seconds": time.perf_counter() - start},
+                    order,
+                )
+                last_save = time.perf_counter()
     return total / count
 
 
 def _write_metrics(run: Path, rows: list[dict], append: bool) -> None:
     path = run / "metrics.jsonl"
     old = path.read_text() if append and path.exists() else ""
-    from .checkpoint import atomic_write_bytes
-
     atomic_write_bytes(path, (old + "".join(json.dumps(r) + "\n" for r in rows)).encode())
 
 
@@ -355,10 +704,15 @@ def _read_metrics(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise TrainingError(f"cannot resume: {path} is corrupt: {e}") from None
 
 
-def _write_pictures(model, splits: Splits, metrics: list[dict], run: Path, cfg: TrainConfig) -> list[str]:
+def _write_pictures(
+    model, splits: Splits, metrics: list[dict], run: Path, cfg: TrainConfig
+) -> list[str]:
     from .plots import sample_grid, training_curve
 
     files = []
@@ -374,11 +728,13 @@ def _write_pictures(model, splits: Splits, metrics: list[dict], run: Path, cfg: 
 def describe_result(result: dict, dim: int) -> str:
     """The lines ``chainrule train`` prints at the end."""
     deq = " (discrete-equivalent: dequantized, + D ln K)" if result.get("dequantized") else ""
+    procs = result.get("processes", 1)
+    where = f"{result['device']}" + (f" x {procs} processes" if procs > 1 else "")
     return (
         f"test NLL: {result['test_nll_nats']:.3f} nats per image (+/- {result['test_nll_stderr']:.3f}), "
         f"{result['test_bits_per_dim']:.4f} bits/dim{deq}\n"
         f"model {result['model']} ({result['num_parameters']:,} parameters) on {result['data']}, "
-        f"{result['epochs']} epochs in {result['seconds']:.1f} s on {result['device']}"
+        f"{result['epochs']} epochs in {result['seconds']:.1f} s on {where}"
     )
 
 
