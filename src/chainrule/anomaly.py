@@ -320,9 +320,21 @@ def detect(
     s_valid = anomaly_scores(model, x_valid, in_data.levels, **kw)
     s_ood = anomaly_scores(model, x_ood, ood_levels, **kw)
     det = Detection(in_data.name, ood_desc, compressor, false_alarm_rate)
+    return compare_scores(det, s_test, s_valid, s_ood, scores)
+
+
+def compare_scores(
+    det: Detection,
+    s_test: dict[str, np.ndarray],
+    s_valid: dict[str, np.ndarray],
+    s_ood: dict[str, np.ndarray],
+    scores: tuple[str, ...] = SCORES,
+) -> Detection:
+    """Fill ``det`` with the metrics of every score, given the scores of in-distribution test,
+    in-distribution valid (for the threshold) and OOD images (as :func:`anomaly_scores` gives)."""
     for name in scores:
         m = detection_metrics(s_test[name], s_ood[name])
-        thr = threshold_for_false_alarm_rate(s_valid[name], false_alarm_rate)
+        thr = threshold_for_false_alarm_rate(s_valid[name], det.target_false_alarm)
         m.update(
             threshold=thr,
             false_alarm_rate=flag_rate(s_test[name], thr),
