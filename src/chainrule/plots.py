@@ -224,3 +224,45 @@ def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------- completion grids
+#: colour of the hidden part of an image shown as "what the model was given"
+HIDDEN_COLOUR = (214, 39, 40)  # VALID_COLOUR / OOD_COLOUR as RGB
+
+
+def completion_grid(
+    x: Tensor,
+    mask: Tensor,
+    completions: Tensor,
+    levels: int | None,
+    path: str | Path,
+    pad: int = 1,
+) -> Path:
+    """One row per image: the original, what the model was given (hidden part in red), then
+    its completions; written as PNG (nearest-neighbour upscaled, like :func:`sample_grid`).
+
+    Args:
+        x: ``(N, C, H, W)`` original images.
+        mask: boolean, broadcastable to ``(N, C, H, W)``; True where the model was given the value.
+        completions: ``(N, S, C, H, W)``: S completions of each image.
+    """
+    n, s = completions.shape[:2]
+    if len(x) != n:
+        raise ValueError(f"completion_grid needs one row of completions per image, got {n} rows for {len(x)} images")
+    m = torch.broadcast_to(torch.as_tensor(mask, dtype=torch.bool), x.shape).any(1).cpu().numpy()  # (N, H, W)
+    orig = _to_uint8(x, levels)
+    given = orig.copy() if orig.shape[-1] == 3 else np.repeat(orig, 3, axis=-1)
+    given[~m] = HIDDEN_COLOUR
+    comp = _to_uint8(completions.reshape(n * s, *completions.shape[2:]), levels)
+    rgb = lambda a: a if a.shape[-1] == 3 else np.repeat(a, 3, axis=-1)  # noqa: E731
+    h, w = orig.shape[1:3]
+    cols = s + 2
+    grid = np.full((n * (h + pad) + pad, cols * (w + pad) + pad + pad, 3), 128, np.uint8)
+    for i in range(n):
+        y0 = pad + i * (h + pad)
+        tiles = [rgb(orig[i : i + 1])[0], given[i]] + [rgb(comp[i * s + j : i * s + j + 1])[0] for j in range(s)]
+        for j, tile in enumerate(tiles):
+            x0 = pad + j * (w + pad) + (pad if j >= 2 else 0)  # a wider gap after the given image
+            grid[y0 : y0 + h, x0 : x0 + w] = tile
+    return save_image(grid, path)
