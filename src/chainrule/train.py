@@ -384,9 +384,11 @@ def train(
     device = distributed.process_device(resolve_device(cfg.device))
     d = distributed.setup(device)
     try:
-        return _train(
+        result = _train(
             model, splits, cfg, Path(out) if out is not None else None, resume, run_info, device, d
         )
+        distributed.barrier(d)  # every process returns once rank 0 has written the run folder
+        return result
     finally:
         distributed.teardown(d)
 

@@ -1,0 +1,206 @@
+"""Several processes (gloo on CPU) take the same optimisation steps as one process.
+
+`batch_size` is the global batch: N processes split each global batch of the seeded per-epoch
+permutation ([rank::N]), DistributedDataParallel averages their gradients of
+`N / |batch| * sum(NLL)`, and the validation/test sums are all-reduced. So the weights after
+training on 2 processes equal those of 1 process up to summation order (float64 here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import chainrule
+from chainrule.cli import main
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is not available in this PyTorch build",
+)
+
+# 161 training images in global batches of 32: the last batch holds 1 image, so process 1
+# gets an empty shard there (it takes part with weight 0)
+ARGS = [
+    "--model",
+    "fvsbn",
+    "--data",
+    "digits",
+    "--max-train",
+    "161",
+    "--batch-size",
+    "32",
+    "--lr",
+    "0.02",
+    "--patience",
+    "0",
+    "--dtype",
+    "float64",
+    "--quiet",
+]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(argv: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "chainrule",
+        *argv,
+    ]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+
+
+def _cli_float32(argv: list[str]) -> int:
+    """The CLI in this process with float32 as default dtype, like a fresh `chainrule` process
+    (the initial weights are drawn in float32 there, then cast by --dtype float64)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        return main(argv)
+    finally:
+        torch.set_default_dtype(old)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("dist") / "single"
+    assert _cli_float32(["train", *ARGS, "--epochs", "2", "--out", str(run)]) == 0
+    return run
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same(a: Path, b: Path, atol: float = 1e-12) -> None:
+    wa, wb = chainrule.load(a).state_dict(), chainrule.load(b).state_dict()
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert wa[k].dtype == torch.float64
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol)
+    sa, sb = load_file(a / "state.safetensors"), load_file(b / "state.safetensors")
+    for k in sa:  # the last weights and Adam's moments, not only the best model
+        if k.startswith(("model.", "optim.")):
+            torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=atol)
+    ra, rb = _rows(a), _rows(b)
+    assert [r["epoch"] for r in ra] == [r["epoch"] for r in rb]
+    for x, y in zip(ra, rb, strict=True):
+        for key in ("train_nll", "valid_nll"):  # train: global mean; valid: reduced over ranks
+            assert abs(x[key] - y[key]) < 1e-9, (key, x, y)
+    res_a, res_b = (json.loads((p / "result.json").read_text()) for p in (a, b))
+    assert abs(res_a["test_nll_nats"] - res_b["test_nll_nats"]) < 1e-9
+    assert abs(res_a["test_nll_stderr"] - res_b["test_nll_stderr"]) < 1e-9
+
+
+def test_torchrun_two_gloo_processes_equal_one_process(one_process, tmp_path):
+    run = tmp_path / "ddp"
+    p = _torchrun(["train", *ARGS, "--epochs", "2", "--out", str(run)])
+    assert p.returncode == 0, p.stderr[-3000:]
+    _assert_same(run, one_process)
+    # only rank 0 reports and writes: one result line, one set of files, no temp files
+    assert p.stdout.count("test NLL:") == 1 and "x 2 processes" in p.stdout
+    assert p.stderr.count("epoch   1") == 1
+    assert json.loads((run / "result.json").read_text())["processes"] == 2
+    assert json.loads((run / "config.json").read_text())["processes"] == 2
+    assert not list(run.glob(".*.tmp"))
+    # and the weights really moved: training is not vacuous
+    init = chainrule.build("fvsbn", event_shape=(1, 8, 8), levels=2)
+    assert (chainrule.load(run).weight - init.weight).abs().max() > 0.05
+
+
+def test_resume_on_another_number_of_processes(one_process, tmp_path, capsys):
+    """One process trains epoch 1; two processes resume it: the same run as one process."""
+    run = tmp_path / "mixed"
+    assert _cli_float32(["train", *ARGS, "--epochs", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    p = _torchrun(["train", "--resume", str(run), "--epochs", "2"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resuming" in p.stderr
+    _assert_same(run, one_process)
+
+
+WORKER = textwrap.dedent("""
+    import sys, torch
+    import chainrule
+    from chainrule.data import load_dataset
+    from chainrule.train import TrainConfig, train
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    model = chainrule.build("pixelcnn", event_shape=(1, 8, 8), levels=2, hidden=4, layers=2)
+    cfg = TrainConfig(epochs=1, batch_size=24, lr=0.01, max_train=60, progress=False,
+                      num_samples=2, eval_batch_size=64, patience=0)
+    result = train(model, load_dataset("digits"), cfg, sys.argv[1])
+    print("valid", result["best_valid_nll"])
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_python_api_under_a_torchrun_environment_equals_one_process(tmp_path):
+    """train() itself joins the group from RANK/WORLD_SIZE/MASTER_* (what torchrun sets), here
+    for a convolutional model with buffers (masks); 60 images in batches of 24 (24, 24, 12)."""
+    if "pixelcnn" not in chainrule.available_models():
+        pytest.skip("pixelcnn is not registered")
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = {
+            **_env(),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(tmp_path / "ddp")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    single = subprocess.run(
+        [sys.executable, "-c", WORKER, str(tmp_path / "single")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    # every rank got the same reduced validation NLL, equal to one process's
+    valid = [float(o.split()[-1]) for o, _ in outs] + [float(single.stdout.split()[-1])]
+    assert max(valid) - min(valid) < 1e-9, valid
+    a, b = (
+        load_file(tmp_path / "ddp" / "state.safetensors"),
+        load_file(tmp_path / "single" / "state.safetensors"),
+    )
+    assert a.keys() == b.keys()
+    for k in a:
+        if k.startswith(("model.", "optim.")):
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-12)
