@@ -219,35 +219,3 @@ def test_noise_ood_of_an_8bit_model_uses_its_levels(capsys, tmp_path):
     m = json.loads((tmp_path / "d" / "detect.json").read_text())["metrics"]["nll"]
     assert m["auroc"] > 0.99
     assert torch.get_default_dtype() == torch.float64  # untouched by the command
-
-
-def test_complete_writes_a_grid_that_keeps_the_given_part(trained, capsys, tmp_path):
-    from PIL import Image
-
-    out = tmp_path / "c.png"
-    code, stdout, err = run(
-        capsys, "complete", "--checkpoint", trained, "--n", "3", "--samples", "2", "--out", out
-    )
-    assert code == 0, err
-    assert written(stdout) == [out] and "exact draws" in stdout and "top 4 rows given" in stdout
-    img = np.asarray(Image.open(out).convert("RGB"))
-    # 3 rows of (8 + 1) + 1 pixels, 4 tiles of (8 + 1) + 2 pixels, upscaled by one integer factor
-    f = img.shape[0] // 28
-    assert img.shape[:2] == (28 * f, 38 * f)
-    small = img[::f, ::f]
-    x = load_dataset("digits").test[:3, 0].numpy() * 255
-    for i in range(3):
-        y0 = 1 + 9 * i
-        assert np.array_equal(small[y0 : y0 + 8, 1:9, 0], x[i])  # the original
-        given = small[y0 : y0 + 8, 10:18]
-        assert np.array_equal(given[:4, :, 0], x[i][:4])  # the given top half
-        assert (given[4:] == (214, 39, 40)).all()  # the hidden half in red
-        for j in range(2):  # completions keep the given half
-            x0 = 2 + 9 * (j + 2)
-            assert np.array_equal(small[y0 : y0 + 4, x0 : x0 + 8, 0], x[i][:4])
-    code, stdout, _ = run(
-        capsys, "complete", "--checkpoint", trained, "--keep", "left", "--out", out
-    )
-    assert code == 0 and "approximate" in stdout
-    code, _, err = run(capsys, "complete", "--checkpoint", trained, "--size", "9", "--out", out)
-    assert code == 1 and "--size must lie in 0..8" in err

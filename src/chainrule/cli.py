@@ -10,7 +10,6 @@
     chainrule detect --checkpoint RUN_DIR [--in D_in] --ood D_out          # AUROC, histograms, ROC
     chainrule features --checkpoint RUN_DIR [--data D] [--out feats.npz]
     chainrule probe --checkpoint RUN_DIR --data D                          # features vs raw pixels
-    chainrule complete --checkpoint RUN_DIR [--keep top|left] [--n N]      # completion grid (PNG)
 
 Mistakes a user can make (a wrong option, a missing file, a foreign checkpoint, data of the
 wrong shape) end in one line on stderr and exit status 1; argparse's own usage errors exit 2.
@@ -515,54 +514,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_complete(args: argparse.Namespace) -> int:
-    import warnings
-
-    import torch
-
-    from chainrule.data import load_dataset
-    from chainrule.evaluate import check_compatible, to_model_input
-    from chainrule.plots import completion_grid
-
-    model = _model_on(args)
-    data, data_dir = _run_data(args.checkpoint, args.data, args.data_dir)
-    splits = load_dataset(data, data_dir=data_dir)
-    check_compatible(model, splits.event_shape, splits.levels, data)
-    x = splits.split(args.split)
-    if args.n < 1 or args.samples < 1:
-        raise UserError(f"--n and --samples must be positive ints, got {args.n} and {args.samples}")
-    if len(x) == 0:
-        raise UserError(f"{data} {args.split} is an empty set (0 images)")
-    x = x[: args.n]
-    c, h, w = model.event_shape
-    size = h if args.keep == "top" else w
-    k = args.size if args.size is not None else size // 2
-    if not 0 <= k <= size:
-        raise UserError(f"--size must lie in 0..{size} for --keep {args.keep}, got {k}")
-    mask = torch.zeros(c, h, w, dtype=torch.bool)
-    if args.keep == "top":
-        mask[:, :k] = True
-    else:
-        mask[:, :, :k] = True
-    out = Path(args.out) if args.out else _default_out_dir(args, f"completions-{args.keep}.png")
-    _check_writable(out)
-    g = torch.Generator().manual_seed(args.seed)
-    xin = to_model_input(model, x, splits.levels, g)
-    given = xin.repeat_interleave(args.samples, 0)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        comp = model.sample(len(given), given=given, mask=mask.to(given.device), generator=g)
-    comp = comp.reshape(len(x), args.samples, c, h, w).cpu()
-    levels = model.levels if model.levels is not None else None
-    shown = x if model.levels is not None else xin.cpu()
-    path = completion_grid(shown, mask, comp, levels, out)
-    exact = "exact draws from p(rest | given)" if not caught else "approximate: the given pixels are not a prefix of the model's ordering"
-    print(f"{len(x)} {data} {args.split} images, {args.keep} {k} {'rows' if args.keep == 'top' else 'columns'} given, "
-          f"{args.samples} completions each ({exact})")
-    _list_files([path])
-    return 0
-
-
 def _add_tool_parsers(sub) -> None:
     """Parsers of score, detect, features and probe."""
     from chainrule.anomaly import COMPRESSORS, SCORES
@@ -618,18 +569,6 @@ def _add_tool_parsers(sub) -> None:
     pr.add_argument("--out", default=None, help="also write the accuracies to this CSV")
     pr.add_argument("--json", default=None, help="also write the accuracies to this JSON")
     pr.set_defaults(func=cmd_probe)
-
-    co = sub.add_parser("complete", help="complete the top (or left) part of images: a PNG grid")
-    common(co)
-    co.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    co.add_argument("--n", type=int, default=8, help="number of images (rows)")
-    co.add_argument("--samples", type=int, default=4, help="completions per image")
-    co.add_argument("--keep", choices=["top", "left"], default="top",
-                    help="the given part: top rows (a prefix of raster order: exact) or left columns")
-    co.add_argument("--size", type=int, default=None, help="rows (or columns) given (default: half)")
-    co.add_argument("--seed", type=int, default=0)
-    co.add_argument("--out", default=None, help="PNG file (default: RUN_DIR/completions-KEEP.png)")
-    co.set_defaults(func=cmd_complete)
 
 
 # ---------------------------------------------------------------------- parser
