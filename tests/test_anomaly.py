@@ -177,8 +177,13 @@ def test_ood_sets(digits):
     assert lv == 17 and levels17.max() > 1
     noise17, lv, _ = load_ood("noise", load_dataset("digits:levels"))
     assert lv == 17 and noise17.max() == 16
+    every = load_ood("digits", digits, split="all")[0]
+    assert torch.equal(every, torch.cat([digits.train, digits.valid, digits.test]))
+    assert torch.equal(load_ood("flip", digits, split="all")[0], every.flip(2))
     with pytest.raises(ValueError, match="unknown data set"):
         load_ood("nothing", digits)
+    with pytest.raises(ValueError, match="unknown split"):
+        load_ood("flip", digits, split="everything")
 
 
 # ---------------------------------------------------------------------- detection in one call

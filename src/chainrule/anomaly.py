@@ -202,7 +202,8 @@ def load_ood(
         spec: a data-set name (``notmnist:binarize``), ``noise``, or a transformation
             ``flip``/``hflip``/``invert`` optionally followed by ``:NAME``.
         reference: the in-distribution data (for ``noise`` and the bare transformations).
-        split: which split of the named data set to use.
+        split: which split of the named data set to use (``"all"``: the three together);
+            ``noise`` draws as many images as the reference's test split.
 
     Returns:
         ``(images, levels, description)``: uint8 ``(N, C, H, W)``, the number of levels.
@@ -210,16 +211,18 @@ def load_ood(
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"OOD set must be a non-empty name, got {spec!r}")
     if spec == "noise":
-        x = reference.split(split)
+        x = reference.test
         return (
             _uniform_noise(len(x), reference.event_shape, reference.levels, seed),
             reference.levels,
             f"uniform noise over {reference.levels} levels (seed {seed})",
         )
+    if split not in ("train", "valid", "test", "all"):
+        raise ValueError(f"unknown split {split!r}: use train, valid, test or all")
     head, _, rest = spec.partition(":")
     if head in TRANSFORMS:
         base = reference if not rest else load_dataset(rest, data_dir=data_dir)
-        x = base.split(split)
+        x = _split(base, split)
         if head == "flip":
             x = torch.flip(x, dims=[2])
         elif head == "hflip":
@@ -229,7 +232,13 @@ def load_ood(
         what = {"flip": "upside down", "hflip": "mirrored left-right", "invert": "inverted"}[head]
         return x, base.levels, f"{base.name} {split} {what}"
     s = load_dataset(spec, data_dir=data_dir)
-    return s.split(split), s.levels, f"{s.describe()} ({split})"
+    return _split(s, split), s.levels, f"{s.describe()} ({split})"
+
+
+def _split(s: Splits, split: str) -> Tensor:
+    if split == "all":  # an OOD set is never trained on: all of its images may be used
+        return torch.cat([s.train, s.valid, s.test])
+    return s.split(split)
 
 
 # ---------------------------------------------------------------------- detection in one call
