@@ -60,9 +60,7 @@ def channel_groups(n: int, groups: int) -> Tensor:
     return torch.arange(n) * groups // n
 
 
-def causal_mask(
-    out_groups: Tensor, in_groups: Tensor, kh: int, kw: int, mask_type: str
-) -> Tensor:
+def causal_mask(out_groups: Tensor, in_groups: Tensor, kh: int, kw: int, mask_type: str) -> Tensor:
     """Mask ``(O, I, kh, kw)`` of a causal convolution centred at ``(kh // 2, kw // 2)``.
 
     Args:
@@ -165,7 +163,9 @@ class RowLSTM(nn.Module):
             in_ch, 4 * units, (1, kernel), "B", colors, out_groups=gate_groups(units, colors)
         )
         # state-to-state: conv1d weight (4h, h, k) over the previous row, unmasked
-        self.state_to_state = nn.Parameter(torch.randn(4 * units, units, kernel) / math.sqrt(units * kernel))
+        self.state_to_state = nn.Parameter(
+            torch.randn(4 * units, units, kernel) / math.sqrt(units * kernel)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if self.impl == "reference":
@@ -177,7 +177,9 @@ class RowLSTM(nn.Module):
         z = like.new_zeros(b * w, self.units)
         return z, z
 
-    def step(self, gin_row: Tensor, state: tuple[Tensor, Tensor], b: int, w: int) -> tuple[Tensor, Tensor]:
+    def step(
+        self, gin_row: Tensor, state: tuple[Tensor, Tensor], b: int, w: int
+    ) -> tuple[Tensor, Tensor]:
         """One row. ``gin_row``: ``(B * W, 4h)`` input-to-state gates of the row (bias
         included); ``state``: ``(h, c)`` of the previous row, each ``(B * W, h)`` (rows of the
         flat layout are ``(b, w)``). Returns the row's ``(h, c)``."""
@@ -195,8 +197,8 @@ class RowLSTM(nn.Module):
         gin = gin.permute(2, 0, 3, 1).reshape(hh, b * w, 4 * self.units)  # (H, B*W, 4h)
         state = self.init_state(b, w, x)
         rows = []
-        for r in range(hh):
-            state = self.step(gin[r], state, b, w)
+        for gin_r in gin.unbind(0):  # unbind: one backward op, not H selects
+            state = self.step(gin_r, state, b, w)
             rows.append(state[0])
         out = torch.stack(rows, 0).view(hh, b, w, self.units)  # (H, B, W, h)
         return out.permute(1, 3, 0, 2)  # (B, h, H, W)
@@ -241,6 +243,25 @@ def diagonal_rows(j: int, h: int, w: int) -> tuple[int, int]:
     return max(0, j - w + 1), min(j, h - 1)
 
 
+_D2R_CACHE: dict[tuple[int, int, str], Tensor] = {}
+
+
+def diagonal_to_raster(h: int, w: int, device: torch.device) -> Tensor:
+    """``(H * W,)`` index: position, in diagonal order (diagonal ``j`` = skewed column ``j``,
+    rows top to bottom), of each pixel in raster order."""
+    key = (h, w, str(device))
+    if key not in _D2R_CACHE:
+        pos = torch.empty(h * w, dtype=torch.int64)
+        k = 0
+        for j in range(w + h - 1):
+            lo, hi = diagonal_rows(j, h, w)
+            for r in range(lo, hi + 1):
+                pos[r * w + (j - r)] = k
+                k += 1
+        _D2R_CACHE[key] = pos.to(device)
+    return _D2R_CACHE[key]
+
+
 # ---------------------------------------------------------------------- Diagonal BiLSTM
 class DiagonalBiLSTM(nn.Module):
     """Diagonal BiLSTM layer: ``(B, F, H, W)`` -> ``(B, units, H, W)``.
@@ -255,21 +276,44 @@ class DiagonalBiLSTM(nn.Module):
         impl: ``"fast"`` or ``"reference"``.
     """
 
-    def __init__(self, in_ch: int, units: int, colors: int, impl: str = "fast"):
+    def __init__(
+        self, in_ch: int, units: int, colors: int, impl: str = "fast", context_ch: int = 0
+    ):
         super().__init__()
         self.units, self.impl = units, impl
         # input-to-state for both directions: one 1x1 masked conv with 2 * 4h outputs
         self.input_to_state = MaskedConv2d(
             in_ch, 8 * units, (1, 1), "B", colors, out_groups=gate_groups(units, colors).repeat(2)
         )
+        # optional: the image itself, *unmasked*, into the right-to-left gates (see forward)
+        self.context_to_state = (
+            nn.Parameter(torch.randn(4 * units, context_ch) / math.sqrt(context_ch))
+            if context_ch
+            else None
+        )
         # state-to-state (direction, tap, h_in, 4h_out); tap 0: the pixel above, tap 1: the
         # previous pixel in the row (the 2 x 1 column kernel of the skewed map)
-        self.state_to_state = nn.Parameter(torch.randn(2, 2, units, 4 * units) / math.sqrt(2 * units))
+        self.state_to_state = nn.Parameter(
+            torch.randn(2, 2, units, 4 * units) / math.sqrt(2 * units)
+        )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``x``: ``(B, F, H, W)`` features; ``context``: ``(B, C', H, W)`` the image, needed
+        when the layer was built with ``context_ch = C'``.
+
+        Why the context: the stream features at a pixel never hold that pixel's own last
+        colour (mask A), so with the paper's layer alone the right-to-left state of row
+        ``r - 1`` never receives the last pixel of that row, and a pixel ``(r, c)`` with ``c``
+        left of the first convolution's reach does not see ``(r - 1, W - 1)`` at any depth
+        (the tests show this blind spot). The right-to-left output is shifted down a row, so
+        its gates may read the whole pixel ``(r - 1, c)``: an unmasked 1 x 1 map of the image
+        into them restores the complete context without any leak.
+        """
+        if (context is None) != (self.context_to_state is None):
+            raise ValueError("context must be given exactly when the layer has context_ch > 0")
         if self.impl == "reference":
-            return self.forward_reference(x)
-        return self.forward_fast(x)
+            return self.forward_reference(x, context)
+        return self.forward_fast(x, context)
 
     def combine(self, h: Tensor) -> Tensor:
         """``(2, B, h, H, W)`` outputs of both directions (direction 1 already mirrored back)
@@ -278,7 +322,12 @@ class DiagonalBiLSTM(nn.Module):
         return h[0] + down
 
     def step(
-        self, gin: Tensor, h_prev: Tensor, c_prev: Tensor, rows: tuple[int, int], prev_rows: tuple[int, int]
+        self,
+        gin: Tensor,
+        h_prev: Tensor,
+        c_prev: Tensor,
+        rows: tuple[int, int],
+        prev_rows: tuple[int, int],
     ) -> tuple[Tensor, Tensor]:
         """One diagonal for both directions.
 
@@ -306,31 +355,36 @@ class DiagonalBiLSTM(nn.Module):
         h, c = lstm_update(g, c_left, u)
         return h.view(2, n_rows, b, u), c.view(2, n_rows, b, u)
 
-    def input_gates(self, x: Tensor) -> Tensor:
+    def input_gates(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``(B, F, H, W)`` -> ``(2, B, 4h, H, W)``, direction 1 mirrored (right to left)."""
         b, _, hh, w = x.shape
         gin = self.input_to_state(x).view(b, 2, 4 * self.units, hh, w)
-        return torch.stack([gin[:, 0], gin[:, 1].flip(-1)], 0)
+        g1 = gin[:, 1]
+        if context is not None:
+            g1 = g1 + torch.einsum("oc,bchw->bohw", self.context_to_state, context)
+        return torch.stack([gin[:, 0], g1.flip(-1)], 0)
 
-    def forward_fast(self, x: Tensor) -> Tensor:
+    def forward_fast(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         b, _, hh, w = x.shape
         u = self.units
-        gin = skew(self.input_gates(x))  # (2, B, 4h, H, W+H-1)
+        gin = skew(self.input_gates(x, context))  # (2, B, 4h, H, W+H-1)
         gin = gin.permute(4, 0, 3, 1, 2).contiguous()  # (W+H-1, 2, H, B, 4h)
         h = x.new_zeros(2, 0, b, u)
         c = h
         prev = (0, -1)
         cols = []
-        for j in range(w + hh - 1):
+        for j, gin_j in enumerate(gin.unbind(0)):  # unbind: one backward op, not W+H-1 selects
             lo, hi = diagonal_rows(j, hh, w)
-            h, c = self.step(gin[j, :, lo : hi + 1], h, c, (lo, hi), prev)
-            cols.append(F.pad(h, (0, 0, 0, 0, lo, hh - 1 - hi)))  # (2, H, B, h)
+            h, c = self.step(gin_j[:, lo : hi + 1], h, c, (lo, hi), prev)
+            cols.append(h)
             prev = (lo, hi)
-        out = torch.stack(cols, -1)  # (2, H, B, h, W+H-1)
-        out = unskew(out.permute(0, 2, 3, 1, 4), w)  # (2, B, h, H, W)
+        # the valid cells of all diagonals, in diagonal order, are the H*W pixels: gather them
+        # back into raster order with one index (cheaper than padding every column to unskew)
+        out = torch.cat(cols, 1).index_select(1, diagonal_to_raster(hh, w, x.device))
+        out = out.view(2, hh, w, b, u).permute(0, 3, 4, 1, 2)  # (2, B, h, H, W)
         return self.combine(torch.stack([out[0], out[1].flip(-1)], 0))
 
-    def forward_reference(self, x: Tensor) -> Tensor:
+    def forward_reference(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """One pixel at a time on the unskewed image, from the definition (the oracle)."""
         b, _, hh, w = x.shape
         u = self.units
@@ -341,6 +395,7 @@ class DiagonalBiLSTM(nn.Module):
         outs = []
         for d in range(2):
             xd = x if d == 0 else x.flip(-1)  # direction 1: mirrored image
+            cd = context.flip(-1) if (d == 1 and context is not None) else None
             hs = [[zero] * w for _ in range(hh)]
             cs = [[zero] * w for _ in range(hh)]
             for r in range(hh):
@@ -354,6 +409,8 @@ class DiagonalBiLSTM(nn.Module):
                         + above @ self.state_to_state[d, 0]
                         + left @ self.state_to_state[d, 1]
                     )
+                    if cd is not None:  # the whole pixel, unmasked: direction 1 is shifted
+                        g = g + cd[:, :, r, col] @ self.context_to_state.t()
                     hs[r][col], cs[r][col] = lstm_update_plain(g, c_left)
             hd = torch.stack([torch.stack(row, -1) for row in hs], -2)  # (B, h, H, W)
             outs.append(hd if d == 0 else hd.flip(-1))

@@ -65,9 +65,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 def preset_options(model: str, preset: str) -> dict[str, Any]:
     """Options of a named preset (a copy), with a clear error for unknown names."""
     if model not in PRESETS:
-        raise ValueError(f"model {model!r} has no presets; models with presets: {', '.join(PRESETS)}")
+        raise ValueError(
+            f"model {model!r} has no presets; models with presets: {', '.join(PRESETS)}"
+        )
     if preset not in PRESETS[model]:
-        raise ValueError(f"unknown preset {preset!r} for {model!r}; presets: {', '.join(PRESETS[model])}")
+        raise ValueError(
+            f"unknown preset {preset!r} for {model!r}; presets: {', '.join(PRESETS[model])}"
+        )
     return dict(PRESETS[model][preset])
 
 
@@ -81,6 +85,10 @@ class PixelRNNConfig:
     first_kernel: int = 7  # the mask-A input convolution is first_kernel x first_kernel
     out_hidden: int = 0  # features of the 1 x 1 output layer; 0 means 2 * hidden
     impl: str = "fast"  # "fast" or "reference" (the plain oracle; same weights)
+    # Diagonal BiLSTM only: feed the image, unmasked, into the right-to-left gates, which closes
+    # the paper layer's blind spot (the last pixel of the row above; see layers.py). False: the
+    # paper's layer exactly as written. Ignored by the other two models.
+    full_context: bool = True
 
     def validate(self) -> None:
         for name in ("hidden", "layers", "kernel", "first_kernel"):
@@ -90,8 +98,16 @@ class PixelRNNConfig:
         for name in ("kernel", "first_kernel"):
             if getattr(self, name) % 2 == 0:
                 raise ValueError(f"{name} must be odd, got {getattr(self, name)}")
-        if isinstance(self.out_hidden, bool) or not isinstance(self.out_hidden, int) or self.out_hidden < 0:
-            raise ValueError(f"out_hidden must be an int >= 0 (0: 2 * hidden), got {self.out_hidden!r}")
+        if (
+            isinstance(self.out_hidden, bool)
+            or not isinstance(self.out_hidden, int)
+            or self.out_hidden < 0
+        ):
+            raise ValueError(
+                f"out_hidden must be an int >= 0 (0: 2 * hidden), got {self.out_hidden!r}"
+            )
+        if not isinstance(self.full_context, bool):
+            raise ValueError(f"full_context must be True or False, got {self.full_context!r}")
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {self.impl!r}")
 
@@ -124,7 +140,8 @@ class _PixelNet(AutoregressiveModel):
     def _make_block(self, f: int, c: int) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _block(self, block: nn.Module, s: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def _block(self, block: nn.Module, s: Tensor, image: Tensor) -> Tensor:  # pragma: no cover
+        """One layer: stream ``s`` ``(B, F, H, W)``, scaled image ``(B, C, H, W)``."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ network
@@ -133,9 +150,10 @@ class _PixelNet(AutoregressiveModel):
 
     def _hidden(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` values -> ``(B, out_hidden, H, W)`` last hidden features."""
-        s = self.input_conv(self._scale(x))
+        image = self._scale(x)
+        s = self.input_conv(image)
         for block in self.blocks:
-            s = self._block(block, s)
+            s = self._block(block, s, image)
         return F.relu(self.out_conv1(F.relu(s)))
 
     def _params(self, x: Tensor) -> Tensor:
@@ -193,8 +211,9 @@ class _Residual(nn.Module):
         self.rnn = rnn
         self.proj = MaskedConv2d(units, f, (1, 1), "B", c)
 
-    def forward(self, s: Tensor) -> Tensor:
-        return s + self.proj(self.rnn(s))
+    def forward(self, s: Tensor, context: Tensor | None = None) -> Tensor:
+        h = self.rnn(s) if context is None else self.rnn(s, context)
+        return s + self.proj(h)
 
 
 @register
@@ -207,7 +226,7 @@ class RowLSTMModel(_PixelNet):
         cfg = self.config
         return _Residual(RowLSTM(f, cfg.hidden, c, cfg.kernel, cfg.impl), cfg.hidden, f, c)
 
-    def _block(self, block, s):
+    def _block(self, block, s, image):
         return block(s)
 
 
@@ -219,10 +238,11 @@ class DiagonalBiLSTMModel(_PixelNet):
 
     def _make_block(self, f, c):
         cfg = self.config
-        return _Residual(DiagonalBiLSTM(f, cfg.hidden, c, cfg.impl), cfg.hidden, f, c)
+        ctx = c if cfg.full_context else 0
+        return _Residual(DiagonalBiLSTM(f, cfg.hidden, c, cfg.impl, ctx), cfg.hidden, f, c)
 
-    def _block(self, block, s):
-        return block(s)
+    def _block(self, block, s, image):
+        return block(s, image if self.config.full_context else None)
 
 
 @register
@@ -238,5 +258,5 @@ class PixelCNN(_PixelNet):
         k = self.config.kernel
         return MaskedConv2d(f, f, (k, k), "B", c)
 
-    def _block(self, block, s):
+    def _block(self, block, s, image):
         return s + block(F.relu(s))

@@ -1,0 +1,310 @@
+"""PixelCNN, Row LSTM and Diagonal BiLSTM: causality (Jacobian and perturbation, 1 and 3
+channels, K = 2 and K > 2, on 5 x 5), fast path == eager oracle, skew/unskew, masks,
+normalization, sampler, presets and option errors."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import chainrule
+from chainrule.models.layers import (
+    DiagonalBiLSTM,
+    MaskedConv2d,
+    RowLSTM,
+    causal_mask,
+    channel_groups,
+    skew,
+    unskew,
+)
+from chainrule.models.pixelrnn import PRESETS, preset_options
+
+from .conftest import randomize
+
+MODELS = ["pixelcnn", "row-lstm", "diagonal-bilstm"]
+RNN = ["row-lstm", "diagonal-bilstm"]
+
+
+def build(name, shape, levels, seed=0, **opts):
+    opts = {"hidden": 3, "layers": 2, **opts}
+    model = chainrule.build(name, event_shape=shape, levels=levels, **opts).double()
+    randomize(model, seed=seed, scale=0.7)
+    with torch.no_grad():  # positive biases keep most ReLUs open: every path is exercised
+        for mod in model.modules():
+            if isinstance(mod, MaskedConv2d) and mod.bias is not None:
+                mod.bias.abs_().add_(0.5)
+    return model
+
+
+def step_index(shape):
+    """``(C, H, W)`` -> raster step of each dimension (channels innermost)."""
+    c, h, w = shape
+    cc, hh, ww = torch.meshgrid(torch.arange(c), torch.arange(h), torch.arange(w), indexing="ij")
+    return ((hh * w + ww) * c + cc).flatten()
+
+
+# ---------------------------------------------------------------------- skewing and masks
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 5), (5, 1), (3, 4), (4, 3), (5, 5)])
+def test_skew_unskew_round_trip_and_diagonals(h, w):
+    x = torch.randn(2, 3, h, w)
+    s = skew(x)
+    assert s.shape == (2, 3, h, w + h - 1)
+    assert torch.equal(unskew(s, w), x)
+    for r in range(h):  # row r shifted right by r, zeros elsewhere
+        assert torch.equal(s[..., r, r : r + w], x[..., r, :])
+        assert (s[..., r, :r] == 0).all() and (s[..., r, r + w :] == 0).all()
+
+
+def test_unskew_checks_width():
+    with pytest.raises(ValueError, match="expected width"):
+        unskew(torch.zeros(1, 3, 6), 5)
+
+
+def test_masks_by_hand():
+    # 3 colour groups, one feature each: the centre tap of mask A is strictly lower triangular
+    g = torch.arange(3)
+    a = causal_mask(g, g, 3, 3, "A")
+    b = causal_mask(g, g, 3, 3, "B")
+    assert torch.equal(a[:, :, 1, 1], torch.tril(torch.ones(3, 3), -1))
+    assert torch.equal(b[:, :, 1, 1], torch.tril(torch.ones(3, 3)))
+    for m in (a, b):
+        assert (m[:, :, 0, :] == 1).all() and (m[:, :, 1, 0] == 1).all()  # above, left: free
+        assert (m[:, :, 2, :] == 0).all() and (m[:, :, 1, 2] == 0).all()  # below, right: zero
+    assert channel_groups(7, 3).tolist() == [0, 0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="odd"):
+        causal_mask(g, g, 2, 3, "A")
+
+
+def test_masks_are_buffers_and_weights_are_untouched():
+    model = build("row-lstm", (3, 4, 4), 4)
+    names = dict(model.named_buffers())
+    assert any(n.endswith("mask") for n in names)
+    w = model.input_conv.weight.detach().clone()
+    model.log_prob(torch.randint(0, 4, (2, 3, 4, 4)))
+    assert torch.equal(model.input_conv.weight, w)
+    assert (model.input_conv.weight != 0).float().mean() > 0.9  # the mask is not baked in
+
+
+# ---------------------------------------------------------------------- fast == oracle
+@pytest.mark.parametrize("layer", ["row", "diag"])
+@pytest.mark.parametrize("colors,h,w", [(1, 5, 5), (3, 4, 6), (1, 6, 3), (3, 1, 4), (1, 3, 1)])
+def test_fast_layer_equals_reference_with_gradients(layer, colors, h, w):
+    torch.manual_seed(h * 10 + w)
+    fin, units = 6, 4
+    args = ()
+    if layer == "row":
+        mod = RowLSTM(fin, units, colors, kernel=3)
+    else:
+        mod = DiagonalBiLSTM(fin, units, colors, context_ch=colors)
+        args = (torch.randn(2, colors, h, w),)
+    randomize(mod, seed=3, scale=0.8)
+    x = torch.randn(2, fin, h, w, requires_grad=True)
+    fast = mod.forward_fast(x, *args)
+    ref = mod.forward_reference(x, *args)
+    assert fast.shape == ref.shape == (2, units, h, w)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+    v = torch.randn_like(fast)
+    gf = torch.autograd.grad((fast * v).sum(), [x, *mod.parameters()])
+    gr = torch.autograd.grad((ref * v).sum(), [x, *mod.parameters()])
+    for a, b in zip(gf, gr, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize(
+    "name,opts",
+    [("row-lstm", {}), ("diagonal-bilstm", {}), ("diagonal-bilstm", {"full_context": False})],
+)
+def test_fast_model_equals_reference_model(name, opts):
+    shape, levels = (3, 4, 5), 4
+    fast = build(name, shape, levels, **opts)
+    ref = chainrule.build(
+        name, shape, levels, hidden=3, layers=2, impl="reference", **opts
+    ).double()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randint(0, levels, (3, *shape)).double()
+    torch.testing.assert_close(
+        fast.conditional_log_probs(x), ref.conditional_log_probs(x), rtol=0, atol=1e-11
+    )
+
+
+# ---------------------------------------------------------------------- causality
+CAUSAL_CASES = [((1, 5, 5), 2), ((1, 5, 5), 4), ((3, 5, 5), 2), ((3, 5, 5), 3)]
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("shape,levels", CAUSAL_CASES)
+def test_causality_by_jacobian(name, shape, levels):
+    model = build(name, shape, levels, hidden=6)  # wide enough that ReLUs leave paths open
+    step = step_index(shape)
+    d = math.prod(shape)
+    # eight images at once: outputs are summed over the batch, so the Jacobian holds each
+    # image's own derivatives (batch independence); ReLUs switch off different paths in each
+    x = torch.randint(0, levels, (8, *shape), generator=torch.Generator().manual_seed(1)).double()
+
+    def f(v):  # the head parameters (all K logits, and a nonlinear mix) of every dimension
+        p = model._params(v).reshape(8, d, -1)
+        return (p.sum(2) + p[..., 0] ** 2).sum(0)
+
+    jac = torch.autograd.functional.jacobian(f, x).reshape(d, 8, d).abs().amax(1)  # (out, in)
+    later_or_self = step.view(1, -1) >= step.view(-1, 1)
+    assert jac[later_or_self].max().item() == 0.0, "a conditional depends on a later dimension"
+    earlier = ~later_or_self
+    first = step == 0
+    depends = ((jac.abs() > 0) & earlier).any(1)
+    assert depends[~first].all(), "some conditional depends on no earlier dimension"
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("shape,levels", CAUSAL_CASES)
+def test_causality_by_perturbation(name, shape, levels):
+    model = build(name, shape, levels, seed=1, hidden=6)
+    step = step_index(shape)
+    d = math.prod(shape)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, levels, (8, *shape), generator=g).double()
+    with torch.no_grad():
+        base = model._params(x).reshape(8, d, -1)
+        changed_by_earlier = torch.zeros(d, dtype=torch.bool)
+        for j in range(d):  # perturb dimension j (flat (C, H, W) index)
+            xp = x.clone()
+            xp.view(8, -1)[:, j] = (xp.view(8, -1)[:, j] + 1 + j % (levels - 1)) % levels
+            diff = (model._params(xp).reshape(8, d, -1) - base).abs().amax((0, 2))  # (D,)
+            not_after = step <= step[j]  # dimensions at or before j in the ordering
+            assert diff[not_after].max().item() < 1e-12, f"dimension {j} leaks into an earlier one"
+            changed_by_earlier |= (diff > 1e-9) & (step > step[j])
+    assert changed_by_earlier[step > 0].all(), "some conditional ignores every earlier dimension"
+
+
+@pytest.mark.parametrize(
+    "name,opts",
+    [("row-lstm", {}), ("diagonal-bilstm", {}), ("diagonal-bilstm", {"full_context": False})],
+)
+def test_reference_impl_is_causal_too(name, opts):
+    shape, levels = (3, 3, 4), 3
+    model = build(name, shape, levels, impl="reference", **opts)
+    step = step_index(shape)
+    d = math.prod(shape)
+    x = torch.randint(0, levels, (1, *shape)).double()
+    jac = torch.autograd.functional.jacobian(
+        lambda v: model._params(v).reshape(d, -1).sum(1), x
+    ).reshape(d, d)
+    assert jac[step.view(1, -1) >= step.view(-1, 1)].abs().max().item() == 0.0
+
+
+# ---------------------------------------------------------------------- normalization, sampler
+def all_states(shape, levels):
+    d = math.prod(shape)
+    grid = torch.tensor(list(itertools.product(range(levels), repeat=d)), dtype=torch.float64)
+    return grid.reshape(-1, *shape)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(
+    "shape,levels,impl",
+    [((1, 3, 3), 2, "fast"), ((3, 1, 2), 3, "fast"), ((3, 1, 2), 3, "reference")],
+)
+def test_normalization_over_all_states(name, shape, levels, impl):
+    model = build(name, shape, levels, impl=impl)
+    lp = model.log_prob(all_states(shape, levels))
+    assert abs(torch.logsumexp(lp, 0).item()) < 1e-9
+    assert lp.std() > 1e-2
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_rgb_sampler_agrees_with_density(name):
+    # 27 states, 60k draws: the expected total variation of the empirical law is about 0.008
+    shape, levels = (3, 1, 1), 3
+    model = build(name, shape, levels)
+    s = model.sample(60000, generator=torch.Generator().manual_seed(0))
+    states = all_states(shape, levels)
+    p = model.log_prob(states).exp()
+    wts = levels ** torch.arange(math.prod(shape) - 1, -1, -1)
+    emp = torch.bincount((s.flatten(1).long() * wts).sum(1), minlength=len(states)).double() / len(
+        s
+    )
+    tv = 0.5 * (emp[(states.flatten(1).long() * wts).sum(1)] - p).abs().sum().item()
+    assert tv < 0.02
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_sampler_is_the_inverse_cdf_of_the_pre_drawn_uniforms(name):
+    """The sampler (which crops the rows below the current one) equals a plain loop over the
+    raster steps on the full image that uses the same uniforms: bit for bit."""
+    from chainrule.models.base import draw_uniforms
+
+    shape, levels, n = (3, 3, 2), 3, 5
+    model = build(name, shape, levels)
+    got = model.sample(n, generator=torch.Generator().manual_seed(9))
+    u = draw_uniforms(n, (model.dim,), torch.Generator().manual_seed(9))
+    x = torch.zeros(n, *shape)
+    c, h, w = shape
+    for r, col, k in itertools.product(range(h), range(w), range(c)):
+        params = model._params(x)[:, k, r, col]
+        x[:, k, r, col] = model.head.sample(params, u[:, (r * w + col) * c + k])
+    assert torch.equal(got, x)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_completion_keeps_the_given_top_half(name):
+    model = build(name, (1, 4, 4), 2)
+    given = torch.randint(0, 2, (3, 1, 4, 4)).double()
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[:, :2] = True
+    s = model.sample(3, given=given, mask=mask, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(s[:, :, :2], given[:, :, :2])
+
+
+# ---------------------------------------------------------------------- options, presets
+@pytest.mark.parametrize("name", MODELS)
+def test_presets_build_and_default_is_small(name):
+    for preset in PRESETS[name]:
+        opts = preset_options(name, preset)
+        model = chainrule.build(name, (1, 28, 28), 2, **opts)
+        assert model.config.hidden == opts["hidden"] and model.config.layers == opts["layers"]
+    assert chainrule.build(name).num_parameters() < 20000
+    paper = chainrule.build(name, (1, 28, 28), 2, **preset_options(name, "paper-mnist"))
+    assert len(paper.blocks) == (12 if name == "pixelcnn" else 7)
+
+
+def test_preset_errors():
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_options("row-lstm", "huge")
+    with pytest.raises(ValueError, match="no presets"):
+        preset_options("fvsbn", "paper-mnist")
+
+
+@pytest.mark.parametrize(
+    "opts,match",
+    [
+        ({"hidden": 0}, "hidden must be a positive int"),
+        ({"kernel": 4}, "kernel must be odd"),
+        ({"first_kernel": 2}, "first_kernel must be odd"),
+        ({"impl": "cuda"}, "impl must be one of"),
+        ({"out_hidden": -1}, "out_hidden"),
+        ({"full_context": 1}, "full_context"),
+        ({"hidden": 2}, "hidden must be >= the number of channels"),
+    ],
+)
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_options_are_clear(name, opts, match):
+    with pytest.raises(ValueError, match=match):
+        chainrule.build(name, (3, 4, 4), 2, **opts)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_features_and_training_step(name):
+    model = build(name, (1, 4, 4), 2)
+    x = torch.randint(0, 2, (4, 1, 4, 4)).double()
+    f = model.features(x)
+    assert f.shape[0] == 4 and f.dim() == 2 and torch.isfinite(f).all()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = -model.log_prob(x).mean().item()
+    for _ in range(8):
+        loss = -model.log_prob(x).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert -model.log_prob(x).mean().item() < before  # it learns the batch
