@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..orderings import check_ordering_spec, resolve_ordering
@@ -105,7 +106,7 @@ def activation_grad(a: Tensor, h: Tensor, activation: str) -> Tensor:
     """d act(a) / d a, given ``h = act(a)``."""
     if activation == "sigmoid":
         return h * (1.0 - h)
-    return (a > 0).to(a.dtype)
+    return (h > 0).to(h.dtype)  # relu(a) > 0 exactly when a > 0
 
 
 def naive_preoutputs(
@@ -218,8 +219,10 @@ class SparseBinaryNADE(torch.autograd.Function):
     """Per-step in-place NADE for binary inputs, updating only the rows whose input is 1.
 
     forward(x (B,D) in {0,1}, w (D,H), c (H,), v (D,H), activation) -> (B, D) pre-logits
-    ``v_i . h_i``. Saves, for every step, the activation rows it overwrote (as many rows as
-    there are ones in the batch); the backward walks the steps in reverse and restores them.
+    ``v_i . h_i``. For every step it saves the hidden rows it overwrote and act'(a) of the new
+    rows (as many rows as there are ones in the batch, never (B, D, H)); the backward walks the
+    steps in reverse, restoring the saved rows. act' is a function of h for both activations
+    (sigmoid: h(1-h); relu: [h > 0]), so the backward never needs the activations a.
     No gradient for x (the caller uses another path when x needs one).
     """
 
@@ -230,48 +233,47 @@ class SparseBinaryNADE(torch.autograd.Function):
         a = c.unsqueeze(0).repeat(bsz, 1)  # (B, H) running activation, a copy (updated in place)
         h = activate(a, activation)
         out = x.new_empty(d, bsz)
-        saved = []
+        saved_h, saved_grad = [], []
         for i in range(d):
             torch.mv(h, v[i], out=out[i])
             r = rows[i]
             if r is not None:
-                old = a.index_select(0, r)
-                saved.append(old)
-                new = old + w[i]
+                new = a.index_select(0, r).add_(w[i])
                 a.index_copy_(0, r, new)
-                h.index_copy_(0, r, activate(new, activation))
+                hn = activate(new, activation)
+                saved_h.append(h.index_select(0, r))
+                saved_grad.append(activation_grad(new, hn, activation))
+                h.index_copy_(0, r, hn)
         ctx.activation, ctx.rows = activation, rows
-        ctx.saved_rows = saved
-        ctx.save_for_backward(w, v, a, h)
+        ctx.saved_rows = (saved_h, saved_grad)
+        ctx.save_for_backward(w, v, h)
         return out.T
 
     @staticmethod
     def backward(ctx, grad_out):
-        w, v, a, h = ctx.saved_tensors
-        activation, rows, saved = ctx.activation, ctx.rows, list(ctx.saved_rows)
-        a, h = a.clone(), h.clone()
-        bsz, hid = a.shape
+        w, v, h = ctx.saved_tensors
+        rows = ctx.rows
+        saved_h, saved_grad = (list(t) for t in ctx.saved_rows)
+        h = h.clone()
+        bsz, hid = h.shape
         d = w.shape[0]
         g = grad_out.T.contiguous()  # (D, B)
-        gh = a.new_zeros(bsz, hid)  # dL/dh summed over the current segment of steps
-        later = a.new_zeros(bsz, hid)  # dL/da summed over the later segments
+        gh = h.new_zeros(bsz, hid)  # dL/dh summed over the current segment of steps
+        later = h.new_zeros(bsz, hid)  # dL/da summed over the later segments
         dw = torch.zeros_like(w)
         dv = torch.empty_like(v)
         ht = h.T  # a view: follows the in-place updates of h
         for i in reversed(range(d)):
             r = rows[i]
-            if r is not None:  # the rows whose activation changed after step i
-                a_r, h_r = a.index_select(0, r), h.index_select(0, r)
-                da = gh.index_select(0, r) * activation_grad(a_r, h_r, activation)
-                later.index_add_(0, r, da)
+            if r is not None:  # the rows whose activation changed after step i: close them
+                later_r = later.index_select(0, r).addcmul_(gh.index_select(0, r), saved_grad.pop())
+                later.index_copy_(0, r, later_r)
+                torch.sum(later_r, 0, out=dw[i])
                 gh.index_fill_(0, r, 0.0)
-                dw[i] = later.index_select(0, r).sum(0)
-                old = saved.pop()
-                a.index_copy_(0, r, old)
-                h.index_copy_(0, r, activate(old, activation))
+                h.index_copy_(0, r, saved_h.pop())
             torch.mv(ht, g[i], out=dv[i])
             gh.addr_(g[i], v[i])
-        later += gh * activation_grad(a, h, activation)
+        later.addcmul_(gh, activation_grad(h, h, ctx.activation))
         return None, dw, later.sum(0), dv, None
 
 
@@ -313,6 +315,8 @@ class NADE(OrderedModel):
         for e in range(1, config.ensemble):
             orders.append(resolve_ordering(f"random:{config.ensemble_seed + e}", self.event_shape))
         self.register_buffer("orders", torch.stack(orders), persistent=False)  # (E, D)
+        # raster order of a one-channel image is the identity: no gather of the weights needed
+        self._identity = config.ordering == "raster" and self.event_shape[0] == 1
 
     # ------------------------------------------------------------------ pieces
     def phi(self, xo: Tensor) -> Tensor:
@@ -336,16 +340,23 @@ class NADE(OrderedModel):
             impl = "block"  # the sparse path is for binary inputs without an input gradient
         return impl
 
-    def preoutputs(self, xo: Tensor, order: Tensor, impl: str | None = None) -> Tensor:
-        """``V_i h_i`` of every step for the ordering ``order``: ``(B, D) -> (B, D, Mout)``.
+    def by_step(self, t: Tensor, e: int = 0) -> Tensor:
+        """A per-pixel parameter ``(D, ...)`` in the visiting order of ordering ``e`` (no copy
+        for raster order of a one-channel image, where the order is the identity)."""
+        if e == 0 and self._identity:
+            return t
+        return t[self.orders[e]]
+
+    def preoutputs(self, xo: Tensor, e: int = 0, impl: str | None = None) -> Tensor:
+        """``V_i h_i`` of every step for ordering ``e``: ``(B, D) -> (B, D, Mout)``.
 
         Args:
-            xo: values in the visiting order of ``order``.
-            order: ``(D,)`` the ordering (flat pixel indices).
+            xo: values in the visiting order of ordering ``e`` of the ensemble.
+            e: which ordering (0: the configured one).
             impl: "naive", "sparse" or "block" (default: the config's choice).
         """
         impl = impl or self._impl(xo)
-        w, v = self.weight_in[order], self.weight_out[order]
+        w, v = self.by_step(self.weight_in, e), self.by_step(self.weight_out, e)
         act = self.config.activation
         if impl == "naive":
             return naive_preoutputs(self.phi(xo), w, self.bias_hidden, v, None, act)
@@ -360,14 +371,13 @@ class NADE(OrderedModel):
     def ordered_log_probs(self, x: Tensor, e: int = 0, impl: str | None = None) -> Tensor:
         """Per-step log-likelihoods under ordering ``e`` of the ensemble, ``(B, D)`` in its
         visiting order."""
-        order = self.orders[e]
-        xo = x.flatten(1)[:, order]
-        params = self.head_params(self.preoutputs(xo, order, impl), self.bias_out[order])
+        xo = x.flatten(1) if (e == 0 and self._identity) else x.flatten(1)[:, self.orders[e]]
+        params = self.head_params(self.preoutputs(xo, e, impl), self.by_step(self.bias_out, e))
         return self.head.log_prob(params, xo)
 
     # ------------------------------------------------------------------ the chain rule
     def _ordered_params(self, xo: Tensor) -> Tensor:
-        return self.head_params(self.preoutputs(xo, self.order), self.bias_out[self.order])
+        return self.head_params(self.preoutputs(xo, 0), self.by_step(self.bias_out, 0))
 
     def _conditional_log_probs(self, x: Tensor) -> Tensor:
         if self.config.ensemble > 1:
@@ -426,36 +436,48 @@ class NADE(OrderedModel):
                 if n_e == 1:
                     warn_if_not_prefix(mask.flatten(1), order)
                 go, mo = given.flatten(1)[sel][:, order], mask.flatten(1)[sel][:, order]
-            xo = self._sample_chain(order, u[sel], go, mo, sparse)
+            xo = self._sample_chain(e, u[sel], go, mo, sparse)
             out[sel[:, None], order[None, :]] = xo
         return out.reshape(n, *self.event_shape)
 
     @torch.no_grad()
     def _sample_chain(
-        self, order: Tensor, u: Tensor, go: Tensor | None, mo: Tensor | None, sparse: bool
+        self, e: int, u: Tensor, go: Tensor | None, mo: Tensor | None, sparse: bool
     ) -> Tensor:
-        """Draw ``(n, D)`` values in the visiting order of ``order`` from uniforms ``u``."""
+        """Draw ``(n, D)`` values in the visiting order of ordering ``e`` from uniforms ``u``."""
         n, d = u.shape
         act = self.config.activation
-        w, v, bias = self.weight_in[order], self.weight_out[order], self.bias_out[order]
+        w, v, bias = (self.by_step(t, e) for t in (self.weight_in, self.weight_out, self.bias_out))
         xo = torch.zeros(n, d, device=u.device, dtype=self._dtype)
         a = self.bias_hidden.unsqueeze(0).repeat(n, 1)  # (n, H), a copy (updated in place)
         h = activate(a, act)
-        binary = self.levels == 2
+        if self.levels != 2:
+            for i in range(d):
+                value = self.head.sample(self.head_params(h @ v[i].T, bias[i]), u[:, i])
+                if go is not None:
+                    value = torch.where(mo[:, i], go[:, i], value)
+                xo[:, i] = value
+                a = a + self.phi(value[:, None])[:, 0] @ w[i]
+                h = activate(a, act)
+            return xo
+        # binary: x = 1 iff log u < logsigmoid(logit), as distributions.Bernoulli.sample
+        log_u = torch.log(u.to(self._dtype))
+        w, v, bias = w[:, 0], v[:, 0], bias[:, 0]
+        logit = torch.empty(n, device=u.device, dtype=self._dtype)
         for i in range(d):
-            params = self.head_params(h @ v[i].T, bias[i])  # (n, P)
-            value = self.head.sample(params, u[:, i])
+            torch.addmv(bias[i], h, v[i], out=logit)
+            value = log_u[:, i] < F.logsigmoid(logit)
             if go is not None:
-                value = torch.where(mo[:, i], go[:, i], value)
+                value = torch.where(mo[:, i], go[:, i] > 0, value)
             xo[:, i] = value
-            if binary and sparse:
+            if sparse:  # only the rows whose input is 1 change
                 r = value.nonzero()[:, 0]
                 if r.numel():
-                    new = a.index_select(0, r) + w[i, 0]
+                    new = a.index_select(0, r).add_(w[i])
                     a.index_copy_(0, r, new)
                     h.index_copy_(0, r, activate(new, act))
             else:
-                a = a + self.phi(value[:, None])[:, 0] @ w[i]
+                a = a + value[:, None] * w[i]
                 h = activate(a, act)
         return xo
 
