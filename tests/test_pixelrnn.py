@@ -269,6 +269,17 @@ def test_presets_build_and_default_is_small(name):
     assert len(paper.blocks) == (12 if name == "pixelcnn" else 7)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_preset_option(name):
+    paper = PRESETS[name]["paper-mnist"]
+    m = chainrule.build(name, (1, 8, 8), 2, preset="paper-mnist")
+    assert (m.config.hidden, m.config.layers) == (paper["hidden"], paper["layers"])
+    m = chainrule.build(name, (1, 8, 8), 2, preset="paper-mnist", layers=3)
+    assert (m.config.hidden, m.config.layers) == (paper["hidden"], 3)
+    with pytest.raises(ValueError, match="unknown preset"):
+        chainrule.build(name, (1, 8, 8), 2, preset="nope")
+
+
 def test_preset_errors():
     with pytest.raises(ValueError, match="unknown preset"):
         preset_options("row-lstm", "huge")

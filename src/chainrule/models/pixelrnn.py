@@ -31,7 +31,7 @@ are still strictly causal, which the tests prove. Sampling is O(D) network passe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -77,7 +77,17 @@ def preset_options(model: str, preset: str) -> dict[str, Any]:
 
 @dataclass
 class PixelRNNConfig:
-    """Options of the three models (``kernel`` is the Row LSTM's k, or PixelCNN's k x k)."""
+    """Options of the three models (``kernel`` is the Row LSTM's k, or PixelCNN's k x k).
+
+    ``preset`` (a key of :data:`PRESETS` for the model, e.g. ``"paper-mnist"``) sets the
+    preset's options on every field still at its default value (so ``--preset paper-mnist
+    --layers 3`` gives 3 layers; a field given explicitly *at its default value* is overridden
+    by the preset).
+    """
+
+    @staticmethod
+    def model_name() -> str:  # the registry name whose PRESETS apply (a method, not a field)
+        return ""
 
     hidden: int = 8  # units per recurrent layer; the residual stream has 2 * hidden features
     layers: int = 2  # recurrent (or, for PixelCNN, masked k x k) layers
@@ -89,6 +99,16 @@ class PixelRNNConfig:
     # the paper layer's blind spot (the last pixel of the row above; see layers.py). False: the
     # paper's layer exactly as written. Ignored by the other two models.
     full_context: bool = True
+    preset: str = ""  # "" or a key of PRESETS[model]
+
+    def __post_init__(self) -> None:
+        if self.preset:
+            if not isinstance(self.preset, str):
+                raise ValueError(f"preset must be a string, got {self.preset!r}")
+            defaults = {f.name: f.default for f in fields(self)}
+            for key, value in preset_options(self.model_name(), self.preset).items():
+                if getattr(self, key) == defaults[key]:
+                    setattr(self, key, value)
 
     def validate(self) -> None:
         for name in ("hidden", "layers", "kernel", "first_kernel"):
@@ -110,6 +130,27 @@ class PixelRNNConfig:
             raise ValueError(f"full_context must be True or False, got {self.full_context!r}")
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {self.impl!r}")
+
+
+@dataclass
+class RowLSTMConfig(PixelRNNConfig):
+    @staticmethod
+    def model_name() -> str:
+        return "row-lstm"
+
+
+@dataclass
+class DiagonalBiLSTMConfig(PixelRNNConfig):
+    @staticmethod
+    def model_name() -> str:
+        return "diagonal-bilstm"
+
+
+@dataclass
+class PixelCNNConfig(PixelRNNConfig):
+    @staticmethod
+    def model_name() -> str:
+        return "pixelcnn"
 
 
 class _PixelNet(AutoregressiveModel):
@@ -221,6 +262,7 @@ class RowLSTMModel(_PixelNet):
     """PixelRNN with Row LSTM layers (context: a triangle above the pixel)."""
 
     name = "row-lstm"
+    Config = RowLSTMConfig
 
     def _make_block(self, f, c):
         cfg = self.config
@@ -235,6 +277,7 @@ class DiagonalBiLSTMModel(_PixelNet):
     """PixelRNN with Diagonal BiLSTM layers (context: every previous pixel)."""
 
     name = "diagonal-bilstm"
+    Config = DiagonalBiLSTMConfig
 
     def _make_block(self, f, c):
         cfg = self.config
@@ -253,6 +296,7 @@ class PixelCNN(_PixelNet):
     """
 
     name = "pixelcnn"
+    Config = PixelCNNConfig
 
     def _make_block(self, f, c):
         k = self.config.kernel
