@@ -85,9 +85,9 @@ def naive_extrapolated(
     return total, at
 
 
-def sample_fn(model, n: int, method: str | None, seed: int = 0):
+def sample_fn(model, n: int, method: str | None, seed: int = 0, **options):
     """A closure drawing ``n`` images (``method=None``: the model's own sampler, e.g. NADE)."""
-    kw = {} if method is None else {"method": method}
+    kw = options if method is None else {"method": method, **options}
 
     def fn():
         g = torch.Generator().manual_seed(seed)
@@ -125,6 +125,8 @@ def main(argv=None) -> int:
     )
     p.add_argument("--check", action="store_true", help="also time one full naive run (small case)")
     p.add_argument("--nade-hidden", type=int, default=500)
+    p.add_argument("--no-graph", action="store_true", help="cuda: skip the CUDA-graph rows")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="smoke run: 8 x 8 images, batch 4")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -132,6 +134,8 @@ def main(argv=None) -> int:
         print("--device cuda: CUDA is not available", file=sys.stderr)
         return 1
     dev = args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
     configs = dict(CONFIGS)
     if args.quick:
         configs = {"mnist": ((1, 8, 8), 2), "rgb": ((3, 6, 6), 256)}
@@ -162,6 +166,25 @@ def main(argv=None) -> int:
                         f"rows {at} (median of 3), interpolated linearly in r, summed over all "
                         f"{shape[0] * shape[1] * shape[2]} steps"
                     )
+                graph = {}
+                if dev == "cuda" and not args.no_graph:
+                    try:  # record once (timed), then replays
+                        fn = sample_fn(model, n, "cached", cuda_graph=True)
+                        graph["cached_graph_first_call_s"] = round(timed(fn, dev, 1), 4)
+                        t_graph = timed(fn, dev, max(args.repeats, 3))
+                        graph["cached_graph_replay_s"] = round(t_graph, 4)
+                        graph["cached_graph_images_per_s"] = round(n / t_graph, 3)
+                        graph["speedup_graph"] = round(t_naive / t_graph, 1)
+                        same = torch.equal(fn(), sample_fn(model, n, "cached")())
+                        graph["graph_equals_eager"] = same
+                        print(
+                            f"      cuda graph: replay {t_graph:.3f} s, speed-up "
+                            f"{t_naive / t_graph:.1f}x, same images as eager: {same}",
+                            flush=True,
+                        )
+                    except Exception as e:  # report, keep the other figures
+                        graph["cached_graph_error"] = f"{type(e).__name__}: {e}"
+                        print(f"      cuda graph failed: {graph['cached_graph_error']}", flush=True)
                 row = {
                     "model": name,
                     "config": cname,
@@ -176,6 +199,7 @@ def main(argv=None) -> int:
                     "naive_images_per_s": round(n / t_naive, 5),
                     "naive_method": how,
                     "speedup": round(t_naive / t_cached, 1),
+                    **graph,
                 }
                 results.append(row)
                 print(
