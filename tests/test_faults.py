@@ -51,7 +51,7 @@ SLOW_CHILD = textwrap.dedent("""
     import chainrule.train as T
     _orig = T.to_model_input
     def slow(*a, **k):
-        time.sleep(0.03)
+        time.sleep(0.06)
         return _orig(*a, **k)
     T.to_model_input = slow
     from chainrule.cli import main

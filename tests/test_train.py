@@ -46,7 +46,7 @@ def test_training_is_deterministic_under_a_seed(digits):
     b.load_state_dict(a.state_dict())
     ra, rb = train(a, digits, _cfg()), train(b, digits, _cfg())
     assert ra["test_nll_nats"] == rb["test_nll_nats"]
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
 
 

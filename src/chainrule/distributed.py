@@ -23,7 +23,10 @@ How the work is split (see ``train.py``):
 
 Known limits: ``--resume`` reads the run folder in every process, so on several hosts the run
 folder must be on a shared file system (or copied to each host). Results equal one-process
-training up to floating-point summation order (not bit for bit).
+training up to floating-point summation order (not bit for bit). For a real-valued model
+(RNADE) the training batches get the same dequantization noise as in one process, but the
+validation/test noise is drawn per shard, so its reported NLL differs from one process's by
+noise (not by bias).
 """
 
 from __future__ import annotations
