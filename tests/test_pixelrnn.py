@@ -319,3 +319,13 @@ def test_features_and_training_step(name):
         loss.backward()
         opt.step()
     assert -model.log_prob(x).mean().item() < before  # it learns the batch
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_checkpoint_round_trip(name, tmp_path):
+    model = build(name, (3, 3, 2), 4, preset="cpu-small", hidden=3)
+    x = torch.randint(0, 4, (3, 3, 3, 2)).double()
+    chainrule.save(model, tmp_path / "run")
+    loaded = chainrule.load(tmp_path / "run")
+    assert type(loaded) is type(model) and loaded.config == model.config
+    torch.testing.assert_close(loaded.log_prob(x), model.log_prob(x), rtol=0, atol=1e-12)

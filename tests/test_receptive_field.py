@@ -99,3 +99,15 @@ def test_png_is_written(tmp_path):
     assert im.size == ((3 * 8 + 2) * 4, 8 * 4)
     px = im.load()
     assert px[(2 * 9 + 7) * 4 + 1, 7 * 4 + 1] == (220, 30, 30)  # the target, red
+
+
+def test_cli_receptive_field(tmp_path, capsys):
+    from chainrule.cli import main
+
+    out = tmp_path / "rf.png"
+    args = ["receptive-field", "--model", "row-lstm", "--shape", "1x8x8", "--layers", "2"]
+    assert main([*args, "--option", "first_kernel=3", "--pixel", "7,7", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert "influenced by 53 of the 63 earlier dimensions" in capsys.readouterr().out
+    assert main(["receptive-field", "--model", "row-lstm", "--pixel", "7"]) == 1
+    assert "ROW,COL" in capsys.readouterr().err

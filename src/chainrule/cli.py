@@ -642,6 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_params)
 
     _add_tool_parsers(sub)
+    from chainrule.receptive_field import add_cli_parser as _add_receptive_field_parser
+
+    _add_receptive_field_parser(sub)
     return p
 
 

@@ -140,3 +140,80 @@ def save_receptive_field_png(
     )
     im.save(path)
     return path
+
+
+# ---------------------------------------------------------------------- command line
+def add_cli_parser(sub) -> None:
+    """Add ``chainrule receptive-field`` to the CLI's subparsers (called by ``cli.py``)."""
+    from .cli import _add_model_flags
+
+    p = sub.add_parser(
+        "receptive-field",
+        help="PNG of which earlier pixels influence one pixel (gradients through the model)",
+        description="Draw the receptive field of one dimension: grey = influences it (log "
+        "scale), black = earlier but outside the context, red = the dimension, blue = later. "
+        "From a trained checkpoint, or from a freshly built model with random weights.",
+    )
+    p.add_argument(
+        "--model", default=None, help="model to build (e.g. row-lstm, diagonal-bilstm, pixelcnn)"
+    )
+    p.add_argument("--checkpoint", default=None, help="use a trained run instead of --model")
+    p.add_argument("--shape", default="1x16x16", help="CxHxW of a built model (default 1x16x16)")
+    p.add_argument("--levels", type=int, default=2, help="levels of a built model (default 2)")
+    p.add_argument("--pixel", default=None, help="ROW,COL, 0-based (default: bottom row, middle)")
+    p.add_argument(
+        "--channel", type=int, default=0, help="colour channel of the dimension (default 0)"
+    )
+    p.add_argument(
+        "--samples", type=int, default=8, help="random images the gradients are averaged over"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the images")
+    p.add_argument("--scale", type=int, default=16, help="PNG pixels per image pixel")
+    p.add_argument("--out", default=None, help="PNG file (default receptive-field-MODEL.png)")
+    _add_model_flags(p)
+    p.set_defaults(func=cmd_receptive_field)
+
+
+def cmd_receptive_field(args) -> int:
+    import chainrule
+
+    from .cli import UserError, model_options, parse_shape
+
+    if (args.model is None) == (args.checkpoint is None):
+        raise UserError("give exactly one of --model NAME or --checkpoint RUN_DIR")
+    if args.checkpoint is not None:
+        model = chainrule.load(args.checkpoint)
+    else:
+        torch.manual_seed(args.seed)
+        model = chainrule.build(
+            args.model, parse_shape(args.shape), args.levels, **model_options(args)
+        )
+    _, h, w = model.event_shape
+    if args.pixel is None:
+        pixel = (h - 1, w // 2)
+    else:
+        try:
+            pixel = tuple(int(v) for v in args.pixel.split(","))
+        except ValueError:
+            raise UserError(f"--pixel must be ROW,COL (e.g. 7,4), got {args.pixel!r}") from None
+        if len(pixel) != 2:
+            raise UserError(f"--pixel must be ROW,COL (e.g. 7,4), got {args.pixel!r}")
+    field = receptive_field(model, pixel, args.channel, samples=args.samples, seed=args.seed)
+    out = Path(args.out or f"receptive-field-{model.name}.png")
+    save_receptive_field_png(field, out, pixel, args.channel, scale=args.scale)
+    earlier = int(
+        sum(
+            1
+            for k in range(model.event_shape[0])
+            for r in range(h)
+            for c in range(w)
+            if (r, c, k) < (pixel[0], pixel[1], args.channel)
+        )
+    )
+    seen = int((field > 0).sum())
+    print(
+        f"{model.name}: dimension (channel {args.channel}, row {pixel[0]}, col {pixel[1]}) is "
+        f"influenced by {seen} of the {earlier} earlier dimensions"
+    )
+    print(out)
+    return 0
