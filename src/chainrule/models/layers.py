@@ -30,7 +30,8 @@ the order i, f, o, g; sigmoid on i, f, o and tanh on g; ``c' = f c + i g``, ``h'
   ``(r, c)`` comes from its left neighbour ``(r, c-1)`` and the pixel above ``(r-1, c)``. The
   second direction runs on the mirrored image (right neighbour and above) and its output is
   *shifted down by one row* before it is added, because it has seen the rest of its own row.
-  One layer already sees every previous pixel.
+  With ``context_ch > 0`` the image itself also enters the right-to-left gates unmasked (see
+  :meth:`DiagonalBiLSTM.forward`); then one layer sees every previous pixel.
 
 Each recurrent layer has ``impl="fast"`` (whole-map input-to-state convolution, one matrix
 product per step for the state, both directions batched, only the valid cells of each diagonal

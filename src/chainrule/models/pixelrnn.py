@@ -27,6 +27,16 @@ recurrent models; 12 layers of 64 feature maps here for PixelCNN, as the issue a
 Known limits: the Row LSTM sees a triangle above the pixel (it misses earlier pixels far to the
 side); PixelCNN's stacked 3 x 3 masks have the well-known blind spot to the upper right; both
 are still strictly causal, which the tests prove. Sampling is O(D) network passes (no cache).
+
+A finding about the paper's Diagonal BiLSTM: written exactly as in the paper (mask-A input
+layer, mask-B 1 x 1 input-to-state, right-to-left output shifted down one row), it does *not*
+see every previous pixel. The stream never holds a pixel's own (last) colour at that pixel, so
+the right-to-left state of row r-1 never receives the last pixel of row r-1, and the pixels of
+row r left of the first convolution's reach miss ``(r-1, W-1)`` at any depth
+(``tests/test_receptive_field.py`` shows it). ``full_context=True`` (the default) also feeds
+the image itself, unmasked, into the right-to-left gates, which is causal because that output is
+shifted down a row, and restores the complete context; ``full_context=False`` is the paper's
+layer as written.
 """
 
 from __future__ import annotations
