@@ -230,13 +230,16 @@ class AutoregressiveModel(nn.Module):
 
 # ---------------------------------------------------------------------- validation
 def check_event_shape(event_shape: Any) -> tuple[int, int, int]:
-    try:
-        shape = tuple(int(s) for s in event_shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"event_shape must be (C, H, W), got {event_shape!r}") from None
-    if len(shape) != 3 or min(shape) < 1:
+    import numbers
+
+    if isinstance(event_shape, (str, bytes)) or not hasattr(event_shape, "__len__"):
+        raise ValueError(f"event_shape must be a tuple (C, H, W) of ints, got {event_shape!r}")
+    shape = tuple(event_shape)
+    if len(shape) != 3 or not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape
+    ):
         raise ValueError(f"event_shape must be three positive ints (C, H, W), got {event_shape!r}")
-    return shape  # type: ignore[return-value]
+    return tuple(int(s) for s in shape)  # type: ignore[return-value]
 
 
 def check_levels(levels: Any, cls: type[AutoregressiveModel] | None = None) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..orderings import check_ordering_spec
+from .base import check_event_shape, check_levels
 from .independent import free_logits_to_full, logits_from_counts
 from .ordered import OrderedModel, check_table_size
 from .registry import register
@@ -44,7 +45,8 @@ class TableModel(OrderedModel):
     input_differentiable = False
 
     def __init__(self, event_shape, levels, config: TableConfig):
-        c, h, w = event_shape
+        c, h, w = check_event_shape(event_shape)
+        check_levels(levels, type(self))  # before levels ** n below
         check_table_size(
             levels ** (c * h * w) - 1,
             f"the full table for {c}x{h}x{w} images with {levels} levels",
