@@ -47,10 +47,12 @@ class Dist:
     local_rank: int = 0
     #: True when :func:`setup` created the process group (and :func:`teardown` should end it)
     owns_group: bool = False
+    #: True inside a process group (also of one process, under ``torchrun --nproc_per_node=1``)
+    group: bool = False
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        return self.group
 
     @property
     def is_main(self) -> bool:
@@ -83,9 +85,11 @@ def setup(device: torch.device) -> Dist:
         this process's :class:`Dist`.
     """
     if dist.is_available() and dist.is_initialized():
-        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return Dist(dist.get_rank(), dist.get_world_size(), local, group=True)
     world = env_world_size()
-    if world <= 1:
+    launched = all(v in os.environ for v in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"))
+    if world <= 1 and not launched:  # a plain process (torchrun with one process does join)
         return Dist()
     if not dist.is_available():
         raise ValueError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
@@ -99,7 +103,7 @@ def setup(device: torch.device) -> Dist:
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, rank=rank, world_size=world)
-    return Dist(rank, world, local_rank, owns_group=True)
+    return Dist(rank, world, local_rank, owns_group=True, group=True)
 
 
 def teardown(d: Dist) -> None:
@@ -109,7 +113,7 @@ def teardown(d: Dist) -> None:
 
 def process_device(device: torch.device) -> torch.device:
     """On CUDA under torchrun: this process's own GPU, ``cuda:LOCAL_RANK``."""
-    if device.type == "cuda" and device.index is None and env_world_size() > 1:
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 
