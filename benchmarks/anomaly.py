@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import chainrule  # noqa: E402
-from chainrule.anomaly import SCORES, Detection, anomaly_scores, compare_scores, load_ood  # noqa: E402
+from chainrule import anomaly  # noqa: E402
 from chainrule.data import Splits, load_dataset  # noqa: E402
 from chainrule.train import TrainConfig, resolve_device, train  # noqa: E402
 
@@ -265,14 +265,21 @@ def main(argv: list[str] | None = None) -> dict:
     )
     x_test, x_valid = subset(splits.test, n, 1), subset(splits.valid, n, 2)
     x_ood = {
-        ood: subset(load_ood(ood, splits, split=OOD_SPLIT[ood], data_dir=args.data_dir)[0], n, 3)
+        ood: subset(
+            anomaly.load_ood(ood, splits, split=OOD_SPLIT[ood], data_dir=args.data_dir)[0], n, 3
+        )
         for ood in OOD_SETS
+    }
+    # code lengths do not depend on the model: computed once per set
+    bits = {
+        k: anomaly.compression_bits(v, 2, args.compressor)
+        for k, v in {"test": x_test, "valid": x_valid, **x_ood}.items()
     }
     for key, (model, info) in models.items():
         t0 = time.perf_counter()
         kw = {"compressor": args.compressor, "batch_size": 512}
-        s_test = anomaly_scores(model, x_test, 2, **kw)
-        s_valid = anomaly_scores(model, x_valid, 2, **kw)
+        s_test = anomaly.anomaly_scores(model, x_test, 2, code_bits=bits["test"], **kw)
+        s_valid = anomaly.anomaly_scores(model, x_valid, 2, code_bits=bits["valid"], **kw)
         info = {
             **info,
             "model": model.name,
@@ -283,19 +290,19 @@ def main(argv: list[str] | None = None) -> dict:
         out["models"][key] = info
         out["auroc"][key], out["metrics"][key] = {}, {}
         for ood in OOD_SETS:
-            det = compare_scores(
-                Detection("binarized-mnist", ood, args.compressor, 0.05),
+            det = anomaly.compare_scores(
+                anomaly.Detection("binarized-mnist", ood, args.compressor, 0.05),
                 s_test,
                 s_valid,
-                anomaly_scores(model, x_ood[ood], 2, **kw),
+                anomaly.anomaly_scores(model, x_ood[ood], 2, code_bits=bits[ood], **kw),
             )
-            out["auroc"][key][ood] = {s: round(det.metrics[s]["auroc"], 4) for s in SCORES}
+            out["auroc"][key][ood] = {s: round(det.metrics[s]["auroc"], 4) for s in anomaly.SCORES}
             out["metrics"][key][ood] = {
                 s: {
                     k: (round(v, 5) if isinstance(v, float) else v)
                     for k, v in det.metrics[s].items()
                 }
-                for s in SCORES
+                for s in anomaly.SCORES
             }
         info["scoring_seconds"] = round(time.perf_counter() - t0, 1)
         print(
@@ -311,14 +318,17 @@ def main(argv: list[str] | None = None) -> dict:
     ref = out["auroc"][REFERENCE]
     for key in out["auroc"]:
         out["auroc_ratio_to_reference"][key] = {
-            ood: {s: round(out["auroc"][key][ood][s] / max(ref[ood][s], 1e-9), 4) for s in SCORES}
+            ood: {
+                s: round(out["auroc"][key][ood][s] / max(ref[ood][s], 1e-9), 4)
+                for s in anomaly.SCORES
+            }
             for ood in OOD_SETS
         }
     trained = [k for k in out["auroc"] if k != REFERENCE] or [REFERENCE]
 
     def best(ood: str) -> dict:
         k, s = max(
-            ((k, s) for k in trained for s in SCORES),
+            ((k, s) for k in trained for s in anomaly.SCORES),
             key=lambda ks: out["auroc"][ks[0]][ood][ks[1]],
         )
         return {"model": k, "score": s, "auroc": out["auroc"][k][ood][s]}

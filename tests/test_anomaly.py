@@ -149,6 +149,10 @@ def test_scores_follow_their_definitions():
     assert np.allclose(s["nll"], nll)
     assert np.allclose(s["bits_per_dim"], nll / (9 * math.log(2)))
     assert np.allclose(s["complexity"], nll / math.log(2) - compression_bits(x, 2, "zlib"))
+    again = anomaly_scores(model, x, 2, batch_size=3, code_bits=compression_bits(x, 2, "zlib"))
+    assert all(np.array_equal(again[k], s[k]) for k in s)  # precomputed code lengths: same scores
+    with pytest.raises(ValueError, match="code_bits has 3 entries for 10 images"):
+        anomaly_scores(model, x, 2, code_bits=np.zeros(3))
     maps = pixel_nll(model, x, 2)
     assert maps.shape == (10, 3, 3)
     assert torch.allclose(maps.flatten(1).sum(1), torch.as_tensor(nll))

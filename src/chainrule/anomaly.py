@@ -139,6 +139,7 @@ def anomaly_scores(
     compressor: str = "png",
     batch_size: int = 256,
     progress: bool = False,
+    code_bits: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Every anomaly score of every image (higher = more anomalous).
 
@@ -148,6 +149,8 @@ def anomaly_scores(
             compatible with the model (:func:`chainrule.evaluate.check_compatible`).
         data_levels: levels of the data.
         compressor: for the complexity-corrected score.
+        code_bits: the images' code lengths if already known (``compression_bits(x, ...)``
+            does not depend on the model: scoring one set with several models reuses it).
 
     Returns:
         ``{"nll": (N,) nats, "bits_per_dim": (N,), "complexity": (N,) bits,
@@ -156,7 +159,9 @@ def anomaly_scores(
     if len(x) == 0:
         raise ValueError("cannot score an empty set of images (0 images)")
     nll = per_image_nll(model, x, data_levels, batch_size=batch_size, progress=progress).numpy()
-    comp = compression_bits(x, data_levels, compressor)
+    comp = compression_bits(x, data_levels, compressor) if code_bits is None else code_bits
+    if len(comp) != len(x):
+        raise ValueError(f"code_bits has {len(comp)} entries for {len(x)} images")
     nll_bits = nll / math.log(2)
     return {
         "nll": nll,
