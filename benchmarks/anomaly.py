@@ -37,6 +37,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -89,7 +90,7 @@ def machine() -> dict:
 
 def header(args: argparse.Namespace, device: torch.device) -> dict:
     return {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": shlex.join(["python", *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "torch": torch.__version__,
