@@ -63,15 +63,15 @@ SIZES: dict[str, dict[str, dict]] = {
     "small": {
         "nade": {"hidden": 100},
         "pixelcnn": {"hidden": 16, "layers": 3},
-        "row-lstm": {"hidden": 8, "layers": 2},
-        "diagonal-bilstm": {"hidden": 8, "layers": 2},
+        "row-lstm": {"preset": "cpu-small"},
+        "diagonal-bilstm": {"preset": "cpu-small"},
         "fvsbn": {},
     },
-    "large": {
+    "large": {  # the papers' binarized-MNIST sizes (NADE: Larochelle & Murray 2011)
         "nade": {"hidden": 500},
-        "pixelcnn": {"hidden": 32, "layers": 7},
-        "row-lstm": {"hidden": 16, "layers": 4},
-        "diagonal-bilstm": {"hidden": 16, "layers": 4},
+        "pixelcnn": {"preset": "paper-mnist"},
+        "row-lstm": {"preset": "paper-mnist"},
+        "diagonal-bilstm": {"preset": "paper-mnist"},
         "fvsbn": {},
     },
 }
