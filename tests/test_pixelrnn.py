@@ -58,6 +58,21 @@ def test_skew_unskew_round_trip_and_diagonals(h, w):
         assert (s[..., r, :r] == 0).all() and (s[..., r, r + w :] == 0).all()
 
 
+@pytest.mark.parametrize("h,w", [(1, 4), (4, 1), (3, 5), (5, 3), (4, 4)])
+def test_diagonal_order_is_the_skewed_map_column_by_column(h, w):
+    from chainrule.models.layers import diagonal_order, diagonal_rows
+
+    x = torch.arange(1.0, h * w + 1).view(h, w)
+    s = skew(x)
+    cells = torch.cat(
+        [s[diagonal_rows(j, h, w)[0] : diagonal_rows(j, h, w)[1] + 1, j] for j in range(w + h - 1)]
+    )
+    to_diag, to_raster, sizes = diagonal_order(h, w, torch.device("cpu"))
+    assert torch.equal(cells, x.flatten()[to_diag]) and sum(sizes) == h * w
+    assert torch.equal(cells[to_raster], x.flatten())
+    assert (s != 0).sum() == h * w  # the rest of the skewed map is padding
+
+
 def test_unskew_checks_width():
     with pytest.raises(ValueError, match="expected width"):
         unskew(torch.zeros(1, 3, 6), 5)
