@@ -344,3 +344,13 @@ def test_checkpoint_round_trip(name, tmp_path):
     loaded = chainrule.load(tmp_path / "run")
     assert type(loaded) is type(model) and loaded.config == model.config
     torch.testing.assert_close(loaded.log_prob(x), model.log_prob(x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bf16_autocast_keeps_the_head_in_float32(name):
+    model = chainrule.build(name, (3, 4, 4), 4).float()
+    x = torch.randint(0, 4, (3, 3, 4, 4)).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp = model.log_prob(x)
+    assert lp.dtype == torch.float32
+    torch.testing.assert_close(lp, model.log_prob(x), rtol=0.02, atol=0.5)

@@ -214,7 +214,10 @@ class _PixelNet(AutoregressiveModel):
         return out.view(b, c, -1, h, w).permute(0, 1, 3, 4, 2)
 
     def _conditional_log_probs(self, x: Tensor) -> Tensor:
-        return self.head.log_prob(self._params(x), x)
+        params = self._params(x)
+        if params.dtype in (torch.bfloat16, torch.float16):  # autocast: the head in float32
+            params = params.float()
+        return self.head.log_prob(params, x)
 
     def features(self, x: Tensor) -> Tensor:
         """Last hidden layer average-pooled to at most 4 x 4: ``(B, out_hidden * 16)``."""
