@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 import chainrule
+from chainrule.models.cached import sample_cached
 from chainrule.models.pixelrnn import PRESETS
 
 CONFIGS = {"mnist": ((1, 28, 28), 2), "rgb": ((3, 32, 32), 256)}
@@ -86,12 +87,17 @@ def naive_extrapolated(
 
 
 def sample_fn(model, n: int, method: str | None, seed: int = 0, **options):
-    """A closure drawing ``n`` images (``method=None``: the model's own sampler, e.g. NADE)."""
-    kw = options if method is None else {"method": method, **options}
+    """A closure drawing ``n`` images. ``"cached"``: :func:`sample_cached`, the function that
+    ``model.sample(n, method="cached")`` runs; ``"naive"``: ``model.sample(n, method="naive")``;
+    ``None``: the model's own sampler (NADE)."""
 
     def fn():
         g = torch.Generator().manual_seed(seed)
-        return model.sample(n, generator=g, **kw)
+        if method == "cached":
+            return sample_cached(model, n, None, None, g, **options)
+        if method is None:
+            return model.sample(n, generator=g, **options)
+        return model.sample(n, generator=g, method=method, **options)
 
     return fn
 
@@ -102,6 +108,7 @@ def machine(device: str) -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15_min_at_end": [round(v, 2) for v in os.getloadavg()],
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
@@ -269,6 +276,12 @@ def main(argv=None) -> int:
                 "naive times are EXTRAPOLATED from per-step timings (see naive_method in each row)"
                 if args.naive == "extrapolate"
                 else "naive times are measured complete runs"
+            )
+            + (
+                f". CPU: {torch.get_num_threads()} torch thread(s) for the naive passes (the cached "
+                "sampler always runs its small products on one thread)"
+                if dev == "cpu"
+                else ""
             )
             + ". The rgb rows use the MNIST-size networks on 32x32x3, 256 levels (not the paper's "
             "larger CIFAR networks). NADE: default sampler, O(DH) per image."

@@ -73,6 +73,15 @@ def _causal_rows_weight(conv: MaskedConv2d) -> tuple[Tensor, Tensor, int, int]:
     return wt, bias, p, kw // 2
 
 
+def _lstm_into(g: Tensor, c_prev: Tensor, u: int, h_out: Tensor, c_out: Tensor) -> Tensor:
+    """:func:`~chainrule.models.layers.lstm_update` written straight into the caches:
+    ``g`` ``(n, 4h)`` gates (i, f, o, g), ``c_prev`` ``(n, h)``; fills ``h_out``, ``c_out``
+    (views into the caches) and returns ``h_out``."""
+    sg = torch.sigmoid(g[:, : 3 * u])
+    torch.addcmul(sg[:, u : 2 * u] * c_prev, sg[:, :u], torch.tanh(g[:, 3 * u :]), out=c_out)
+    return torch.mul(sg[:, 2 * u :], torch.tanh(c_out), out=h_out)
+
+
 class _Conv:
     """A masked k x k convolution evaluated one output pixel at a time from a cache of its
     (padded, channels-last) input ``(n, H + p, W + 2 pw, I)``; rows below are never needed."""
@@ -87,10 +96,13 @@ class _Conv:
         """Store the input ``(n, I)`` at pixel ``(r, c)``."""
         self.buf[:, r + self.p, c + self.pw] = v
 
+    def patch(self, r: int, c: int) -> Tensor:
+        """The causal rows of the input patch around ``(r, c)``, flat: ``(n, (p+1) kw I)``."""
+        return self.buf[:, r : r + self.p + 1, c : c + 2 * self.pw + 1].reshape(self.n, -1)
+
     def out(self, r: int, c: int) -> Tensor:
         """Output ``(n, O)`` at ``(r, c)`` (the input at ``(r, c)`` must be stored)."""
-        patch = self.buf[:, r : r + self.p + 1, c : c + 2 * self.pw + 1].reshape(self.n, -1)
-        return torch.addmm(self.bias, patch, self.wt)
+        return torch.addmm(self.bias, self.patch(r, c), self.wt)
 
 
 def _linear(conv: MaskedConv2d) -> tuple[Tensor, Tensor]:
@@ -130,24 +142,23 @@ class _RowLSTMBlock:
         self.c_prev = like.new_zeros(n, w, self.u)
         self.h_cur = like.new_zeros(n, w, self.u)
         self.c_cur = like.new_zeros(n, w, self.u)
-        self.gss = like.new_zeros(n, w, 4 * self.u)
+        # state-to-state gates of the row above, plus the input-to-state bias: (n, W, 4h)
+        self.gss = self.conv.bias.expand(n, w, 4 * self.u)  # row 0: the state above is zero
 
     def begin_row(self, r: int) -> None:
         if r == 0:
-            return  # the state above the image is zero, and so are its gates (gss)
+            return
         self.h_prev, self.h_cur = self.h_cur, self.h_prev
         self.c_prev, self.c_cur = self.c_cur, self.c_prev
         p = self.k // 2
         hp = F.pad(self.h_prev, (0, 0, p, p))  # (n, W + 2p, h)
         cols = hp.unfold(1, self.k, 1).reshape(self.n * self.w, self.u * self.k)
-        self.gss = (cols @ self.s2s).view(self.n, self.w, 4 * self.u)
+        self.gss = torch.addmm(self.conv.bias, cols, self.s2s).view(self.n, self.w, 4 * self.u)
 
     def pixel(self, r: int, c: int, s: Tensor) -> Tensor:
         self.conv.put(0, c, s)
-        g = self.conv.out(0, c) + self.gss[:, c]  # (n, 4h)
-        h, cell = lstm_update(g, self.c_prev[:, c], self.u)
-        self.h_cur[:, c] = h
-        self.c_cur[:, c] = cell
+        g = torch.addmm(self.gss[:, c], self.conv.patch(0, c), self.conv.wt)  # (n, 4h)
+        h = _lstm_into(g, self.c_prev[:, c], self.u, self.h_cur[:, c], self.c_cur[:, c])
         return torch.addmm(s + self.proj_b, h, self.proj_w)
 
 
@@ -190,9 +201,13 @@ class _DiagonalStack:
         g = torch.addmm(self.in_b[layer], s, self.in_w[layer])
         g = torch.addmm(g, self.h0[layer, r, c + 1], s2s[0, 0])  # pixel above
         g = torch.addmm(g, self.h0[layer, r + 1, c], s2s[0, 1])  # pixel to the left
-        h, cell = lstm_update(g, self.c0[layer, r + 1, c], self.u)
-        self.h0[layer, r + 1, c + 1] = h
-        self.c0[layer, r + 1, c + 1] = cell
+        h = _lstm_into(
+            g,
+            self.c0[layer, r + 1, c],
+            self.u,
+            self.h0[layer, r + 1, c + 1],
+            self.c0[layer, r + 1, c + 1],
+        )
         out = h + self.h1_above[layer, c]
         return torch.addmm(s + self.proj_b[layer], out, self.proj_w[layer])
 
