@@ -361,3 +361,36 @@ def test_run_folder_is_only_json_safetensors_and_png(finished):
     assert json.loads((finished / "state.json").read_text())["format"].startswith(
         "chainrule-train-state"
     )
+
+
+def test_time_based_checkpoints_within_an_epoch(tmp_path, monkeypatch):
+    """checkpoint_minutes: the state is saved mid-epoch once that much time has passed."""
+    import chainrule.train as T
+
+    saved = []
+    real = T.save_state
+    monkeypatch.setattr(
+        T,
+        "save_state",
+        lambda run, m, o, c, order=None: (saved.append(c["step"]), real(run, m, o, c, order)),
+    )
+    digits = load_dataset("digits")
+    cfg = dict(epochs=1, batch_size=16, max_train=64, progress=False, num_samples=1, patience=0)
+    model = chainrule.build("fvsbn", event_shape=(1, 8, 8), levels=2)
+    train(model, digits, TrainConfig(**cfg, checkpoint_minutes=0.0), tmp_path / "a")
+    assert saved == [0, 0]  # the start and the epoch end
+    saved.clear()
+    train(model, digits, TrainConfig(**cfg, checkpoint_minutes=1e-9), tmp_path / "b")
+    assert saved == [0, 1, 2, 3, 0]  # every step inside the epoch (4 steps), then the end
+
+
+def test_state_of_another_format_is_refused(finished, capsys):
+    from safetensors import safe_open
+
+    path = finished / "state.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["chainrule_state"])
+    meta["format"] = "chainrule-train-state/99"
+    save_file(load_file(path), path, metadata={"chainrule_state": json.dumps(meta)})
+    assert main(["train", "--resume", str(finished), "--epochs", "2"]) == 1
+    assert "has format 'chainrule-train-state/99'" in capsys.readouterr().err

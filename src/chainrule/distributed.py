@@ -31,6 +31,7 @@ noise (not by bias).
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -103,12 +104,22 @@ def setup(device: torch.device) -> Dist:
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    # the group lives as long as the process: a second train() call reuses it (joining a new
+    # group through torchrun's store again, in the same process, is not reliable)
+    atexit.register(_destroy)
     return Dist(rank, world, local_rank, owns_group=True, group=True)
 
 
-def teardown(d: Dist) -> None:
-    if d.owns_group and dist.is_initialized():
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def teardown(d: Dist) -> None:
+    """End the process group now (only one that :func:`setup` created). ``train`` does not
+    call this: the group is ended when the process exits."""
+    if d.owns_group:
+        _destroy()
 
 
 def process_device(device: torch.device) -> torch.device:

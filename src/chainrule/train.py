@@ -242,6 +242,10 @@ def read_state(run: Path) -> tuple[dict, dict[str, torch.Tensor]]:
             meta = json.loads(meta_text)
         except json.JSONDecodeError as e:
             raise TrainingError(f"cannot resume: the counters in {path} are corrupt: {e}") from None
+    if isinstance(meta, dict) and meta.get("format", STATE_FORMAT) != STATE_FORMAT:
+        raise TrainingError(
+            f"cannot resume: {path} has format {meta.get('format')!r}, this chainrule reads {STATE_FORMAT!r}"
+        )
     need = ("epoch", "best_valid", "bad_epochs", "optimizer")
     if not isinstance(meta, dict) or not all(k in meta for k in need):
         raise TrainingError(f"cannot resume: {path} lacks the training counters {need}")
@@ -383,14 +387,11 @@ def train(
         raise ValueError("resume needs a run folder")
     device = distributed.process_device(resolve_device(cfg.device))
     d = distributed.setup(device)
-    try:
-        result = _train(
-            model, splits, cfg, Path(out) if out is not None else None, resume, run_info, device, d
-        )
-        distributed.barrier(d)  # every process returns once rank 0 has written the run folder
-        return result
-    finally:
-        distributed.teardown(d)
+    result = _train(
+        model, splits, cfg, Path(out) if out is not None else None, resume, run_info, device, d
+    )
+    distributed.barrier(d)  # every process returns once rank 0 has written the run folder
+    return result
 
 
 def _train(
