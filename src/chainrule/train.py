@@ -651,11 +651,15 @@ def _train_epoch(
     last_save = time.perf_counter()
     for b in bar:
         idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        xb = to_model_input(model, train_x[idx], levels, _step_generator(cfg.seed, epoch, b))
-        local = xb[d.rank :: d.world]
+        mine = idx[d.rank :: d.world]
         weight = d.world / len(idx)
-        if len(local) == 0:  # fewer images than processes in the last batch: take part, add 0
-            local, weight = xb[:1], 0.0
+        if len(mine) == 0:  # fewer images than processes in the last batch: take part, add 0
+            mine, weight = idx[:1], 0.0
+        if model.levels is None:  # dequantization noise of the global batch, then this shard
+            xb = to_model_input(model, train_x[idx], levels, _step_generator(cfg.seed, epoch, b))
+            local = xb[d.rank :: d.world] if weight else xb[:1]
+        else:  # only this process's images go to the device
+            local = to_model_input(model, train_x[mine], levels)
         with autocast:
             nll_sum = net(local) if d.enabled else -model.log_prob(local).sum()
         # every process learns the global batch's loss before anyone steps
