@@ -41,6 +41,8 @@ Computation paths for the D conditionals (all equal to float rounding; the tests
   backward recomputes them block by block from the saved block-start activations (B, D/T, H)
   instead of storing (B, D, H).
 
+Under bf16 autocast (CUDA) the custom Functions run in float32 (``torch.amp.custom_fwd``).
+
 Known limits: one hidden layer; the ensemble's completion is exact only when the given pixels
 are a prefix of every ordering of the ensemble (a warning says otherwise); K-level logits are
 rank-M around the bias (raise ``embed_dim`` up to K for the full softmax).
@@ -155,6 +157,7 @@ class BlockNADE(torch.autograd.Function):
         return (xm.reshape(t * b, t * m) @ wb.reshape(t * m, -1)).view(t, b, -1) + a0
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, phi, w, c, v, rho, activation, block):
         bsz, d, _ = phi.shape
         pt = phi.transpose(0, 1)  # (D, B, Min)
@@ -174,6 +177,7 @@ class BlockNADE(torch.autograd.Function):
         return out.transpose(0, 1)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
         phi, w, c, v, rho, starts = ctx.saved_tensors
         activation, block = ctx.activation, ctx.block
@@ -227,6 +231,7 @@ class SparseBinaryNADE(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, x, w, c, v, activation):
         bsz, d = x.shape
         rows = _rows_by_step(x)
@@ -250,6 +255,7 @@ class SparseBinaryNADE(torch.autograd.Function):
         return out.T
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
         w, v, h = ctx.saved_tensors
         rows = ctx.rows
@@ -464,12 +470,14 @@ class NADE(OrderedModel):
         log_u = torch.log(u.to(self._dtype))
         w, v, bias = w[:, 0], v[:, 0], bias[:, 0]
         logit = torch.empty(n, device=u.device, dtype=self._dtype)
+        log_u = log_u.T.contiguous()  # (D, n): one contiguous row per step
+        values = []
         for i in range(d):
             torch.addmv(bias[i], h, v[i], out=logit)
-            value = log_u[:, i] < F.logsigmoid(logit)
+            value = log_u[i] < F.logsigmoid(logit)
             if go is not None:
                 value = torch.where(mo[:, i], go[:, i] > 0, value)
-            xo[:, i] = value
+            values.append(value)
             if sparse:  # only the rows whose input is 1 change
                 r = value.nonzero()[:, 0]
                 if r.numel():
@@ -479,7 +487,7 @@ class NADE(OrderedModel):
             else:
                 a = a + value[:, None] * w[i]
                 h = activate(a, act)
-        return xo
+        return torch.stack(values, 1).to(self._dtype)
 
     def _choose_components(self, u_e: Tensor, given: Tensor | None, mask: Tensor | None):
         """Pick each sample's ordering: uniformly, or from p(e | given) for a completion whose
