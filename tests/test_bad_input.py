@@ -247,14 +247,13 @@ def test_completion_arguments_are_checked(name, levels, data):
     event_shape=st.one_of(
         st.tuples(st.integers(-1, 2), st.integers(-1, 3), st.integers(-1, 3)),
         st.lists(st.integers(1, 2), max_size=4).map(tuple),
-        st.sampled_from(["1x2x2", None, ("a", 2, 2), (1, 2), [1, 2, 2, 1]]),
+        st.sampled_from(["1x2x2", "122", None, ("a", 2, 2), (1.5, 2, 2), (1, 2), [1, 2, 2, 1]]),
     ),
     levels=st.sampled_from([None, -1, 0, 1, 2, 3, 2.0, True, "2"]),
 )
 def test_build_checks_event_shape_and_levels(name, event_shape, levels):
     from chainrule.models import model_class
 
-    assume(name != "table" or isinstance(levels, int))  # a known bug: see the xfail test below
     supports = model_class(name).supports
     shape_ok = (
         isinstance(event_shape, tuple)
@@ -283,22 +282,12 @@ def test_build_checks_event_shape_and_levels(name, event_shape, levels):
     assert model.event_shape == event_shape and model.levels == levels
 
 
-@pytest.mark.xfail(
-    reason="models/table.py computes levels ** n before checking levels: "
-    "levels=None or '2' raise TypeError instead of ValueError (reported to the lead)",
-    strict=False,
-)
 @pytest.mark.parametrize("levels", [None, "2"])
 def test_table_refuses_bad_levels_with_a_value_error(levels):
     with pytest.raises(ValueError, match="levels|discrete"):
         chainrule.build("table", event_shape=(1, 1, 1), levels=levels)
 
 
-@pytest.mark.xfail(
-    reason="models/base.py check_event_shape converts with int(): 1.5 -> 1 and '122' -> "
-    "(1, 2, 2) are silently accepted (reported to the lead)",
-    strict=False,
-)
 @pytest.mark.parametrize("event_shape", [(1.5, 2, 2), "122"])
 def test_build_refuses_non_integer_event_shapes(event_shape):
     with pytest.raises(ValueError, match="event_shape"):
