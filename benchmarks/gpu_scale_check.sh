@@ -12,6 +12,7 @@
 # 4. benchmarks/train_scale.py on the GPU: bf16 and step-checkpoint cost vs plain fp32.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # works without `pip install -e .` too
 DEVICE=${DEVICE:-cuda}
 DATA_DIR=${DATA_DIR:-../shared/data}
 RUNS=${RUNS:-$(mktemp -d /tmp/chainrule-gpu-XXXX)}
@@ -40,7 +41,7 @@ run python -m chainrule train --model pixelcnn --data "$DATA" --data-dir "$DATA_
 # 2. the GPU checkpoint on the CPU: sample from it there
 run python -m chainrule sample --checkpoint "$RUNS/pixelcnn-bf16" --n 16 --out "$RUNS/cpu-samples.png"
 # 3. torchrun, one process on the GPU: nccl + DDP (digits, 2 epochs) ...
-run torchrun --standalone --nproc_per_node=1 -m chainrule train --model pixelcnn --data digits \
+run python -m torch.distributed.run --standalone --nproc_per_node=1 -m chainrule train --model pixelcnn --data digits \
     --hidden 16 --layers 3 --epochs 2 --device "$DEVICE" --checkpoint-every 5 --out "$RUNS/torchrun-1proc" --quiet
 # ... and its training state resumed on the CPU for a third epoch
 run python -m chainrule train --resume "$RUNS/torchrun-1proc" --epochs 3 --device cpu --quiet
