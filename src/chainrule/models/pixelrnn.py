@@ -26,7 +26,12 @@ recurrent models; 12 layers of 64 feature maps here for PixelCNN, as the issue a
 
 Known limits: the Row LSTM sees a triangle above the pixel (it misses earlier pixels far to the
 side); PixelCNN's stacked 3 x 3 masks have the well-known blind spot to the upper right; both
-are still strictly causal, which the tests prove. Sampling is O(D) network passes (no cache).
+are still strictly causal, which the tests prove.
+
+Sampling: ``sample(n, method="cached")`` (the default) computes, for each new (pixel, channel),
+only that pixel's column through the stack, keeping convolution inputs and LSTM states in
+caches (:mod:`chainrule.models.cached`); ``method="naive"`` runs the whole network once per
+(pixel, channel) and is the oracle. Both turn the same generator into the same images.
 
 A finding about the paper's Diagonal BiLSTM: written exactly as in the paper (mask-A input
 layer, mask-B 1 x 1 input-to-state, right-to-left output shifted down one row), it does *not*
@@ -226,13 +231,22 @@ class _PixelNet(AutoregressiveModel):
         return F.adaptive_avg_pool2d(self._hidden(x), (min(h, 4), min(w, 4))).flatten(1)
 
     # ------------------------------------------------------------------ sampling
-    def _sample(self, n, given, mask, generator, **kwargs):
-        """One network pass per (pixel, channel), on the rows up to the current one.
+    def _sample(self, n, given, mask, generator, *, method: str = "cached", **kwargs):
+        """``method="cached"`` (default): one pixel column per (pixel, channel) with caches
+        (:func:`chainrule.models.cached.sample_cached`, which also takes ``cuda_graph=True``).
+        ``method="naive"``: one network pass per (pixel, channel), on the rows up to the
+        current one (the oracle).
 
         One uniform per dimension is drawn up front (``draw_uniforms(n, (D,))``), indexed by the
-        step in raster order with channels innermost, so a cached sampler fed the same
-        generator can reproduce these images bit for bit.
+        step in raster order with channels innermost, so both methods turn the same generator
+        into the same images.
         """
+        if method == "cached":
+            from .cached import sample_cached
+
+            return sample_cached(self, n, given, mask, generator, **kwargs)
+        if method != "naive":
+            raise ValueError(f"method must be 'cached' or 'naive', got {method!r}")
         if kwargs:
             raise ValueError(f"unexpected sample options for {self.name!r}: {sorted(kwargs)}")
         c, h, w = self.event_shape
