@@ -83,6 +83,14 @@ def reference_sample(model, n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- helpers
+def init_output_bias(model, train_x: torch.Tensor) -> None:
+    """Output biases = logits of the training pixel means (the model's own init is 0: p = 0.5),
+    clamped away from 0 and 1: each conditional starts at its pixel's marginal."""
+    with torch.no_grad():
+        mean = train_x.flatten(1).mean(0).clamp(1e-3, 1 - 1e-3).to(model.bias_out)
+        model.bias_out[:, 0] = torch.log(mean) - torch.log1p(-mean)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -133,7 +141,9 @@ def throughput(args, device, data) -> dict:
     opts = dict(hidden=args.hidden, activation=args.activation)
     if args.block:
         opts["block"] = args.block
-    model = chainrule.build("nade", (1, 28, 28), 2, **opts).to(device)
+    model = chainrule.build("nade", (1, 28, 28), 2, **opts)
+    init_output_bias(model, data["train"])  # samples then have the data's density of ones
+    model = model.to(device)
     x = data["train"][: args.batch_size].to(device)
     xf = x.flatten(1)
     # the two computations agree (float32): same weights, same data
@@ -163,6 +173,7 @@ def throughput(args, device, data) -> dict:
 
     # sampling: the fast sampler and the reference draw the same images from the same uniforms
     with torch.no_grad():
+        ones = model.sample(n, generator=torch.Generator(gen_device).manual_seed(2)).mean().item()
         same = torch.equal(
             model.sample(n, generator=torch.Generator(gen_device).manual_seed(1)).flatten(1),
             reference_sample(model, n, torch.Generator(gen_device).manual_seed(1)),
@@ -201,6 +212,9 @@ def throughput(args, device, data) -> dict:
         "sample_images_per_s_reference": n / med["sample_ref"],
         "sample_speedup": med["sample_ref"] / med["sample_fast"],
         "sampler_equals_reference_bit_for_bit": bool(same),
+        "weights": "random (default init) with output biases at the logits of the training pixel means",
+        "fraction_of_ones_in_samples": ones,
+        "fraction_of_ones_in_data": data["train"].mean().item(),
         "max_abs_logprob_diff_vs_reference_float32": diff,
         "seconds_per_repeat": {k: [round(t, 4) for t in v] for k, v in times.items()},
         "cpu_seconds_per_repeat": {k: [round(t, 4) for t in v] for k, v in cpu.items()},
@@ -242,11 +256,7 @@ def training(args, device, data) -> dict:
         opts["block"] = args.block
     model = chainrule.build("nade", (1, 28, 28), 2, **opts)
     if not args.zero_init_bias:
-        # start every conditional at the pixel's training mean (the model's own option-free
-        # init is 0.5): the logits of the means, clamped away from 0 and 1
-        with torch.no_grad():
-            mean = train_x.flatten(1).mean(0).clamp(1e-3, 1 - 1e-3)
-            model.bias_out[:, 0] = torch.log(mean) - torch.log1p(-mean)
+        init_output_bias(model, train_x)
     if args.time_budget_min:
         # time a few training steps at the training batch size to fit the cosine schedule
         probe = chainrule.build("nade", (1, 28, 28), 2, **opts).to(device)
@@ -351,6 +361,9 @@ def main(argv=None) -> int:
         default=0,
         help="use only the first N training images (a quick check)",
     )
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch.set_num_threads for both paths (0: default)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--zero-init-bias",
@@ -368,6 +381,8 @@ def main(argv=None) -> int:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda" and not args.block:
         args.block = 64
     data = load_binarized_mnist(Path(args.data_dir))
@@ -383,7 +398,7 @@ def main(argv=None) -> int:
         "data": "binarized MNIST, fixed binarization (Larochelle & Murray 2011), 50000/10000/10000",
     }
     print(f"{out['command']}\n{machine(device)}", flush=True)
-    dev = device.type
+    dev = device.type + (f"_threads{args.threads}" if args.threads else "")
     if not args.skip_throughput:
         t = throughput(args, device, data)
         out[f"throughput_{dev}"] = t
