@@ -131,6 +131,11 @@ def main(argv=None) -> int:
         "--naive-rows", type=int, default=4, help="rows at which the naive step is timed"
     )
     p.add_argument("--check", action="store_true", help="also time one full naive run (small case)")
+    p.add_argument(
+        "--check-only",
+        action="store_true",
+        help="only the --check run, added to the existing JSON at --out (its command is appended)",
+    )
     p.add_argument("--nade-hidden", type=int, default=500)
     p.add_argument("--no-graph", action="store_true", help="cuda: skip the CUDA-graph rows")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -153,6 +158,8 @@ def main(argv=None) -> int:
     )
     torch.manual_seed(0)
     results, nade_rows = [], []
+    if args.check_only:
+        args.check, args.configs = True, []
     for cname in args.configs:
         shape, levels = configs[cname]
         for name in args.models:
@@ -261,6 +268,16 @@ def main(argv=None) -> int:
             f"measured {measured:.1f} s (ratio {measured / predicted:.2f})",
             flush=True,
         )
+    if args.check_only:
+        doc = json.loads(out.read_text())
+        doc["extrapolation_check"] = check
+        doc["check_command"] = " ".join([sys.executable.split("/")[-1], *sys.argv])
+        doc["check_date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        )
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"updated {out}")
+        return 0
     doc = {
         "benchmark": "sampling",
         "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
