@@ -20,7 +20,9 @@ TINY_OPTIONS: dict[str, dict] = {
     "rnade": {"hidden": 5, "components": 2, "block": 2},
 }
 
-DATA_DIR = Path(os.environ.get("CHAINRULE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA_DIR = Path(
+    os.environ.get("CHAINRULE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 
 @pytest.fixture(autouse=True)

@@ -22,8 +22,22 @@ def run(capsys, *argv):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "fvsbn"
-    code = main(["train", "--model", "fvsbn", "--data", "digits", "--epochs", "2", "--max-train", "300",
-                 "--out", str(run_dir), "--quiet"])
+    code = main(
+        [
+            "train",
+            "--model",
+            "fvsbn",
+            "--data",
+            "digits",
+            "--epochs",
+            "2",
+            "--max-train",
+            "300",
+            "--out",
+            str(run_dir),
+            "--quiet",
+        ]
+    )
     assert code == 0
     return run_dir
 
@@ -34,7 +48,9 @@ def test_train_eval_sample(trained_run, capsys, tmp_path):
     assert code == 0 and "nats per image" in out and "bits/dim" in out
     assert f"{result['test_nll_nats']:.3f}" in out
     png = tmp_path / "s.png"
-    code, out, _ = run(capsys, "sample", "--checkpoint", str(trained_run), "--n", "9", "--out", str(png))
+    code, out, _ = run(
+        capsys, "sample", "--checkpoint", str(trained_run), "--n", "9", "--out", str(png)
+    )
     assert code == 0 and png.is_file() and png.stat().st_size > 100
 
 
@@ -96,14 +112,34 @@ def test_corrupt_and_foreign_checkpoints(trained_run, capsys, tmp_path):
 
 def test_train_refuses_to_overwrite(trained_run, capsys):
     before = (trained_run / "model.safetensors").read_bytes()
-    code, _, err = run(capsys, "train", "--model", "fvsbn", "--out", str(trained_run), "--epochs", "1")
+    code, _, err = run(
+        capsys, "train", "--model", "fvsbn", "--out", str(trained_run), "--epochs", "1"
+    )
     assert code == 1 and "already holds a trained model" in err
     assert (trained_run / "model.safetensors").read_bytes() == before
 
 
 def test_resume_from_cli(tmp_path, capsys):
     run_dir = tmp_path / "r"
-    assert main(["train", "--model", "fvsbn", "--epochs", "1", "--max-train", "200", "--out", str(run_dir), "--quiet", "--patience", "0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "fvsbn",
+                "--epochs",
+                "1",
+                "--max-train",
+                "200",
+                "--out",
+                str(run_dir),
+                "--quiet",
+                "--patience",
+                "0",
+            ]
+        )
+        == 0
+    )
     code, out, err = run(capsys, "train", "--resume", str(run_dir), "--epochs", "2")
     assert code == 0 and "resuming" in err
     rows = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -114,7 +150,10 @@ def test_console_script_without_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     p = subprocess.run(
         [sys.executable, "-m", "chainrule", "eval", "--checkpoint", str(tmp_path / "missing")],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert p.returncode == 1
     assert p.stderr.startswith("chainrule eval: error:") and "Traceback" not in p.stderr

@@ -15,7 +15,9 @@ from .test_contract import all_states
 
 def test_independent_fit_equals_empirical_means():
     g = torch.Generator().manual_seed(0)
-    x = (torch.rand(500, 1, 3, 4, generator=g) < torch.linspace(0.05, 0.95, 12).reshape(1, 1, 3, 4)).double()
+    x = (
+        torch.rand(500, 1, 3, 4, generator=g) < torch.linspace(0.05, 0.95, 12).reshape(1, 1, 3, 4)
+    ).double()
     model = chainrule.build("independent", event_shape=(1, 3, 4), levels=2, smoothing=0.0).double()
     model.fit(x)
     # p(x_i = 1) is the conditional at x_i = 1
@@ -25,7 +27,11 @@ def test_independent_fit_equals_empirical_means():
 
 def test_independent_fit_k_levels_equals_frequencies_and_maximizes_likelihood():
     x = torch.randint(0, 4, (300, 1, 2, 2), generator=torch.Generator().manual_seed(1)).double()
-    model = chainrule.build("independent", event_shape=(1, 2, 2), levels=4, smoothing=0.0).double().fit(x)
+    model = (
+        chainrule.build("independent", event_shape=(1, 2, 2), levels=4, smoothing=0.0)
+        .double()
+        .fit(x)
+    )
     for k in range(4):
         pk = model.conditional_log_probs(torch.full((1, 1, 2, 2), float(k))).exp()[0]
         torch.testing.assert_close(pk, (x == k).double().mean(0), rtol=0, atol=1e-12)
@@ -37,7 +43,11 @@ def test_independent_fit_k_levels_equals_frequencies_and_maximizes_likelihood():
 def test_markov_fit_equals_transition_frequencies():
     x = torch.randint(0, 2, (400, 1, 1, 5), generator=torch.Generator().manual_seed(2)).double()
     x[:, 0, 0, 1] = x[:, 0, 0, 0]  # make x1 depend on x0
-    model = chainrule.build("markov", event_shape=(1, 1, 5), levels=2, order=1, smoothing=0.0).double().fit(x)
+    model = (
+        chainrule.build("markov", event_shape=(1, 1, 5), levels=2, order=1, smoothing=0.0)
+        .double()
+        .fit(x)
+    )
     for prev in (0, 1):
         sel = x[:, 0, 0, 2] == prev
         freq = x[sel, 0, 0, 3].mean()
@@ -52,7 +62,9 @@ def test_markov_fit_equals_transition_frequencies():
 
 def test_markov_gradient_training_reaches_the_closed_form_fit():
     x = torch.randint(0, 2, (200, 1, 2, 2), generator=torch.Generator().manual_seed(3)).double()
-    fitted = chainrule.build("markov", event_shape=(1, 2, 2), levels=2, smoothing=0.0).double().fit(x)
+    fitted = (
+        chainrule.build("markov", event_shape=(1, 2, 2), levels=2, smoothing=0.0).double().fit(x)
+    )
     trained = chainrule.build("markov", event_shape=(1, 2, 2), levels=2).double()
     opt = torch.optim.Adam(trained.parameters(), lr=0.1)
     for _ in range(600):
@@ -67,7 +79,11 @@ def test_table_recovers_a_known_distribution():
     states = all_states(event_shape, K)  # 27 states
     counts = torch.randint(1, 20, (len(states),), generator=torch.Generator().manual_seed(4))
     data = states.repeat_interleave(counts, 0)
-    model = chainrule.build("table", event_shape=event_shape, levels=K, smoothing=0.0).double().fit(data)
+    model = (
+        chainrule.build("table", event_shape=event_shape, levels=K, smoothing=0.0)
+        .double()
+        .fit(data)
+    )
     expected = torch.log(counts.double() / counts.sum())
     torch.testing.assert_close(model.log_prob(states), expected, rtol=0, atol=1e-10)
 
@@ -77,9 +93,13 @@ def test_table_with_random_ordering_is_still_exact():
     states = all_states(event_shape, 2)
     counts = torch.arange(1, 17)
     data = states.repeat_interleave(counts, 0)
-    model = chainrule.build("table", event_shape=event_shape, levels=2, smoothing=0.0, ordering="random:1").double()
+    model = chainrule.build(
+        "table", event_shape=event_shape, levels=2, smoothing=0.0, ordering="random:1"
+    ).double()
     model.fit(data)
-    torch.testing.assert_close(model.log_prob(states), torch.log(counts.double() / counts.sum()), rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        model.log_prob(states), torch.log(counts.double() / counts.sum()), rtol=0, atol=1e-10
+    )
 
 
 def test_parameter_counts_are_exact():

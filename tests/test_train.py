@@ -19,7 +19,9 @@ def digits():
 
 
 def _cfg(**kw):
-    base = dict(epochs=3, batch_size=128, lr=1e-2, seed=0, max_train=400, progress=False, num_samples=4)
+    base = dict(
+        epochs=3, batch_size=128, lr=1e-2, seed=0, max_train=400, progress=False, num_samples=4
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -30,7 +32,15 @@ def test_training_lowers_the_nll_and_writes_the_run_folder(digits, tmp_path):
     assert result["test_nll_nats"] < before - 5
     assert math.isclose(result["test_bits_per_dim"], result["test_nll_nats"] / (64 * math.log(2)))
     run = tmp_path / "run"
-    for f in ("config.json", "metrics.jsonl", "model.safetensors", "model.json", "samples.png", "curve.png", "result.json"):
+    for f in (
+        "config.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "model.json",
+        "samples.png",
+        "curve.png",
+        "result.json",
+    ):
         assert (run / f).is_file(), f
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -64,7 +74,9 @@ def test_resume_continues_exactly(digits, tmp_path):
     assert r_res["test_nll_nats"] == r_full["test_nll_nats"]
     full_rows = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     res_rows = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["valid_nll"] for r in full_rows] == [json.loads(r)["valid_nll"] for r in res_rows]
+    assert [json.loads(r)["valid_nll"] for r in full_rows] == [
+        json.loads(r)["valid_nll"] for r in res_rows
+    ]
 
 
 def test_closed_form_fit_through_the_trainer(digits):

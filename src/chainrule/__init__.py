@@ -1,9 +1,9 @@
 """chainrule: explicit autoregressive generative models of images.
 
-    import chainrule
-    model = chainrule.build("fvsbn", event_shape=(1, 8, 8), levels=2)
-    log_p = model.log_prob(x)          # (B,) exact, in nats
-    x_new = model.sample(16)           # (16, 1, 8, 8)
+import chainrule
+model = chainrule.build("fvsbn", event_shape=(1, 8, 8), levels=2)
+log_p = model.log_prob(x)          # (B,) exact, in nats
+x_new = model.sample(16)           # (16, 1, 8, 8)
 """
 
 from .checkpoint import load, save

@@ -64,7 +64,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
+) -> None:
     from safetensors.torch import save
 
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -80,7 +82,9 @@ def load_tensors(path: Path) -> dict[str, Tensor]:
     try:
         return load(path.read_bytes())
     except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {e}"
+        ) from None
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -97,7 +101,9 @@ def read_metadata(path: Path) -> dict[str, str]:
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
         if n < 2 or 8 + n > size:
-            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?)")
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file (truncated or corrupt?)"
+            )
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -115,7 +121,9 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     if p.suffix == ".json":
         return p.with_suffix(".safetensors"), p
     if not p.exists():
-        raise CheckpointError(f"no checkpoint at {p} (expected a run folder or a .safetensors file)")
+        raise CheckpointError(
+            f"no checkpoint at {p} (expected a run folder or a .safetensors file)"
+        )
     raise CheckpointError(f"{p} is not a checkpoint: expected a run folder or a .safetensors file")
 
 
@@ -141,7 +149,9 @@ def read_spec(path: str | os.PathLike) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{spec_path} is not valid JSON: {e}") from None
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
-        raise CheckpointError(f"{spec_path} is not a chainrule checkpoint config (format {FORMAT!r})")
+        raise CheckpointError(
+            f"{spec_path} is not a chainrule checkpoint config (format {FORMAT!r})"
+        )
     return spec
 
 
@@ -156,7 +166,9 @@ def build_from_spec(spec: dict[str, Any]) -> AutoregressiveModel:
         raise CheckpointError(f"checkpoint config cannot be used: {e}") from None
 
 
-def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> AutoregressiveModel:
+def load(
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+) -> AutoregressiveModel:
     """Load a model written by :func:`save` or ``chainrule train`` (a run folder or a
     ``.safetensors`` file). Raises :class:`CheckpointError` with one clear message on failure."""
     weights_path, _ = _paths(path)
@@ -177,7 +189,9 @@ def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -
                 f"weights in {weights_path} do not match the config: {k} has shape "
                 f"{tuple(tensors[k].shape)}, the config says {tuple(v.shape)}"
             )
-        if not torch.isfinite(tensors[k].to(torch.float64) if tensors[k].is_floating_point() else tensors[k].double()).all():
+        if not torch.isfinite(
+            tensors[k].to(torch.float64) if tensors[k].is_floating_point() else tensors[k].double()
+        ).all():
             raise CheckpointError(f"weights in {weights_path} hold non-finite values in {k}")
     float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(float_dtypes) == 1:

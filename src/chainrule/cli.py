@@ -91,14 +91,17 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     for flag, (typ, help_) in MODEL_FLAGS.items():
         g.add_argument(f"--{flag}", type=typ, default=None, help=help_)
     g.add_argument(
-        "--option", action="append", metavar="KEY=VALUE",
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
         help="any other field of the model's config (value parsed as JSON when it can be)",
     )
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--data-dir", default=None,
+        "--data-dir",
+        default=None,
         help="folder holding the data files (default: $CHAINRULE_DATA, then ~/.cache/chainrule)",
     )
 
@@ -122,7 +125,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             train_cfg = TrainConfig(**saved["train"])
             levels, data_dir = saved["levels"], saved.get("data_dir")
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise UserError(f"cannot resume: {cfg_path} is not a chainrule run config ({e})") from None
+            raise UserError(
+                f"cannot resume: {cfg_path} is not a chainrule run config ({e})"
+            ) from None
         if args.epochs is not None:
             train_cfg.epochs = args.epochs
         if args.device is not None:
@@ -142,11 +147,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         cls = model_class(name)
         defaults = {**dataclasses.asdict(TrainConfig()), **getattr(cls, "train_defaults", {})}
         given = {
-            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-            "patience": args.patience, "device": args.device, "max_train": args.max_train,
-            "time_budget_min": args.time_budget, "lr_schedule": args.lr_schedule,
-            "checkpoint_every": args.checkpoint_every, "checkpoint_minutes": args.checkpoint_minutes,
-            "dtype": args.dtype, "grad_clip": args.grad_clip,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "seed": args.seed,
+            "patience": args.patience,
+            "device": args.device,
+            "max_train": args.max_train,
+            "time_budget_min": args.time_budget,
+            "lr_schedule": args.lr_schedule,
+            "checkpoint_every": args.checkpoint_every,
+            "checkpoint_minutes": args.checkpoint_minutes,
+            "dtype": args.dtype,
+            "grad_clip": args.grad_clip,
         }
         defaults.update({k: v for k, v in given.items() if v is not None})
         defaults["closed_form"] = bool(args.closed_form)
@@ -171,8 +184,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         world = env_world_size()
         print(f"run:   {run}" + (f" ({world} processes)" if world > 1 else ""), file=sys.stderr)
     result = train(
-        model, splits, train_cfg, run, resume=resume,
-        run_info={"data": data, "data_dir": str(data_dir) if data_dir else None, "command": " ".join(sys.argv)},
+        model,
+        splits,
+        train_cfg,
+        run,
+        resume=resume,
+        run_info={
+            "data": data,
+            "data_dir": str(data_dir) if data_dir else None,
+            "command": " ".join(sys.argv),
+        },
     )
     if main_rank:
         print(describe_result(result, model.dim))
@@ -228,7 +249,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"(+/- {s['nll_stderr']:.3f}), {s['bits_per_dim']:.4f} bits/dim{deq}"
     )
     if args.json:
-        Path(args.json).write_text(json.dumps({"data": data, "split": args.split, **s}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"data": data, "split": args.split, **s}, indent=2) + "\n"
+        )
         print(f"wrote {args.json}")
     return 0
 
@@ -317,15 +340,21 @@ def cmd_params(args: argparse.Namespace) -> int:
     levels = None if args.levels in (0, None) else args.levels
     c, h, w = shape
     names = [args.model] if args.model else chainrule.available_models()
-    print(f"exact parameter counts for {c}x{h}x{w} images, "
-          f"{'real values' if levels is None else f'{levels} levels'} (n = {c * h * w} dimensions)")
+    print(
+        f"exact parameter counts for {c}x{h}x{w} images, "
+        f"{'real values' if levels is None else f'{levels} levels'} (n = {c * h * w} dimensions)"
+    )
     for name in names:
         cls = model_class(name)
         lv = None if cls.supports == ("real",) else levels
         if lv is None and "real" not in cls.supports:
             continue
         try:
-            opts = model_options(args) if args.model else ({"order": args.order} if name == "markov" and args.order else {})
+            opts = (
+                model_options(args)
+                if args.model
+                else ({"order": args.order} if name == "markov" and args.order else {})
+            )
             count = chainrule.count_parameters(name, shape, lv, **opts)
         except ValueError as e:
             print(f"  {name:16s} -- ({e})")
@@ -383,29 +412,50 @@ def cmd_score(args: argparse.Namespace) -> int:
         if args.max_images < 1:
             raise UserError(f"--max-images must be a positive int, got {args.max_images}")
         x = x[: args.max_images]
-    out = Path(args.out) if args.out else _default_out_dir(args, f"scores-{_safe(data)}-{args.split}.csv")
+    out = (
+        Path(args.out)
+        if args.out
+        else _default_out_dir(args, f"scores-{_safe(data)}-{args.split}.csv")
+    )
     _check_writable(out)
-    s = anomaly_scores(model, x, splits.levels, compressor=args.compressor, batch_size=args.batch_size,
-                       progress=True)
+    s = anomaly_scores(
+        model,
+        x,
+        splits.levels,
+        compressor=args.compressor,
+        batch_size=args.batch_size,
+        progress=True,
+    )
     labels = splits.labels.get(args.split)
     with open(out, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["index", "nll_nats", "bits_per_dim", f"{args.compressor}_bits", "complexity_bits"]
-                   + (["label"] if labels is not None else []))
+        w.writerow(
+            ["index", "nll_nats", "bits_per_dim", f"{args.compressor}_bits", "complexity_bits"]
+            + (["label"] if labels is not None else [])
+        )
         for i in range(len(x)):
-            row = [i, f"{s['nll'][i]:.6f}", f"{s['bits_per_dim'][i]:.6f}", f"{s['compression_bits'][i]:.0f}",
-                   f"{s['complexity'][i]:.6f}"]
+            row = [
+                i,
+                f"{s['nll'][i]:.6f}",
+                f"{s['bits_per_dim'][i]:.6f}",
+                f"{s['compression_bits'][i]:.0f}",
+                f"{s['complexity'][i]:.6f}",
+            ]
             w.writerow(row + ([int(labels[i])] if labels is not None else []))
     files: list[Path] = [out]
     nll = s["nll"]
-    print(f"{data} {args.split} ({len(x)} images): NLL {nll.mean():.3f} nats per image, "
-          f"{s['bits_per_dim'].mean():.4f} bits/dim; {args.compressor} length {s['compression_bits'].mean():.1f} "
-          f"bits; complexity-corrected score {s['complexity'].mean():.2f} bits (mean)")
+    print(
+        f"{data} {args.split} ({len(x)} images): NLL {nll.mean():.3f} nats per image, "
+        f"{s['bits_per_dim'].mean():.4f} bits/dim; {args.compressor} length {s['compression_bits'].mean():.1f} "
+        f"bits; complexity-corrected score {s['complexity'].mean():.2f} bits (mean)"
+    )
     if args.images:
         try:
             idx = [int(t) for t in args.images.split(",") if t.strip()]
         except ValueError:
-            raise UserError(f"--images must be comma-separated image indices, got {args.images!r}") from None
+            raise UserError(
+                f"--images must be comma-separated image indices, got {args.images!r}"
+            ) from None
         bad = [i for i in idx if not 0 <= i < len(x)]
         if bad or not idx:
             raise UserError(f"--images must be indices in 0..{len(x) - 1}, got {args.images!r}")
@@ -418,9 +468,17 @@ def cmd_score(args: argparse.Namespace) -> int:
         maps = pixel_nll(model, xi, splits.levels)
         png = out.with_name(out.stem + "_nll_maps.png")
         titles = [f"#{i}: {nll[i]:.1f}" for i in idx]
-        files.append(pixel_nll_maps(xi, maps, splits.levels, png, titles,
-                                    title=f"{model.name} on {data} {args.split}: where is the model surprised? "
-                                    "(NLL in nats)"))
+        files.append(
+            pixel_nll_maps(
+                xi,
+                maps,
+                splits.levels,
+                png,
+                titles,
+                title=f"{model.name} on {data} {args.split}: where is the model surprised? "
+                "(NLL in nats)",
+            )
+        )
     _list_files(files)
     return 0
 
@@ -440,26 +498,55 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise UserError(f"--score must name some of {', '.join(SCORES)}, got {args.score!r}")
     if not 0.0 <= args.false_alarm < 1.0:
         raise UserError(f"--false-alarm must lie in [0, 1), got {args.false_alarm}")
-    out_dir = Path(args.out_dir) if args.out_dir else _default_out_dir(args, f"detect-{_safe(args.ood)}")
+    out_dir = (
+        Path(args.out_dir) if args.out_dir else _default_out_dir(args, f"detect-{_safe(args.ood)}")
+    )
     splits = load_dataset(data, data_dir=data_dir)
-    det = detect(model, splits, args.ood, data_dir=data_dir, scores=scores, compressor=args.compressor,
-                 false_alarm_rate=args.false_alarm, max_images=args.max_images,
-                 batch_size=args.batch_size, progress=True)
+    det = detect(
+        model,
+        splits,
+        args.ood,
+        data_dir=data_dir,
+        scores=scores,
+        compressor=args.compressor,
+        false_alarm_rate=args.false_alarm,
+        max_images=args.max_images,
+        batch_size=args.batch_size,
+        progress=True,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"in-distribution: {det.in_name} test ({len(next(iter(det.scores_in.values())))} images); "
-          f"threshold chosen on its valid split for a {args.false_alarm:.0%} false-alarm rate")
-    print(f"out-of-distribution: {det.ood_name} ({len(next(iter(det.scores_out.values())))} images)")
-    print(f"complexity score: NLL in bits minus the {args.compressor.upper()} code length (Serra et al. 2020)")
+    print(
+        f"in-distribution: {det.in_name} test ({len(next(iter(det.scores_in.values())))} images); "
+        f"threshold chosen on its valid split for a {args.false_alarm:.0%} false-alarm rate"
+    )
+    print(
+        f"out-of-distribution: {det.ood_name} ({len(next(iter(det.scores_out.values())))} images)"
+    )
+    print(
+        f"complexity score: NLL in bits minus the {args.compressor.upper()} code length (Serra et al. 2020)"
+    )
     print(det.table())
     files: list[Path] = []
     for name in scores:
         m = det.metrics[name]
-        files.append(score_histogram(
-            det.scores_in[name], det.scores_out[name], out_dir / f"hist_{name}.png",
-            xlabel=SCORE_UNITS[name], labels=(f"in: {data}", f"OOD: {args.ood}"), threshold=m["threshold"],
-            title=f"{model.name}: {name}, AUROC {m['auroc']:.3f}"))
-    files.append(roc_plot({n: (det.scores_in[n], det.scores_out[n]) for n in scores}, out_dir / "roc.png",
-                          title=f"{model.name}: {data} vs {args.ood}"))
+        files.append(
+            score_histogram(
+                det.scores_in[name],
+                det.scores_out[name],
+                out_dir / f"hist_{name}.png",
+                xlabel=SCORE_UNITS[name],
+                labels=(f"in: {data}", f"OOD: {args.ood}"),
+                threshold=m["threshold"],
+                title=f"{model.name}: {name}, AUROC {m['auroc']:.3f}",
+            )
+        )
+    files.append(
+        roc_plot(
+            {n: (det.scores_in[n], det.scores_out[n]) for n in scores},
+            out_dir / "roc.png",
+            title=f"{model.name}: {data} vs {args.ood}",
+        )
+    )
     csv_path = out_dir / "scores.csv"
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
@@ -470,8 +557,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
     files.append(csv_path)
     json_path = Path(args.json) if args.json else out_dir / "detect.json"
     _check_writable(json_path)
-    json_path.write_text(json.dumps({"checkpoint": str(args.checkpoint), "model": model.name,
-                                     **det.as_dict()}, indent=2) + "\n")
+    json_path.write_text(
+        json.dumps(
+            {"checkpoint": str(args.checkpoint), "model": model.name, **det.as_dict()}, indent=2
+        )
+        + "\n"
+    )
     files.append(json_path)
     _list_files(files)
     return 0
@@ -513,7 +604,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.features:
         path = Path(args.features)
         if not path.is_file():
-            raise UserError(f"--features {path}: no such file (write one with `chainrule features`)")
+            raise UserError(
+                f"--features {path}: no such file (write one with `chainrule features`)"
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
                 feats = {k: z[k] for k in z.files}
@@ -521,33 +614,62 @@ def cmd_probe(args: argparse.Namespace) -> int:
             raise UserError(f"--features {path} is not a readable .npz file: {e}") from None
         for s in ("train", "valid", "test"):
             if s not in feats or len(feats[s]) != len(pixels[s]):
-                raise UserError(f"--features {path} does not match {data}: its {s} split has "
-                                f"{len(feats.get(s, []))} rows, the data {len(pixels[s])} images")
+                raise UserError(
+                    f"--features {path} does not match {data}: its {s} split has "
+                    f"{len(feats.get(s, []))} rows, the data {len(pixels[s])} images"
+                )
     else:
         feats = dataset_features(model, splits, batch_size=args.batch_size)
-    rows = [("features", linear_probe(feats, name=f"{model.name} features", max_iter=args.max_iter)),
-            ("pixels", linear_probe(pixels, name=f"pixels of {data}", max_iter=args.max_iter))]
-    print(f"linear probe (logistic regression, C chosen on valid) on {data}: "
-          f"{len(pixels['train'])}/{len(pixels['valid'])}/{len(pixels['test'])} train/valid/test")
+    rows = [
+        ("features", linear_probe(feats, name=f"{model.name} features", max_iter=args.max_iter)),
+        ("pixels", linear_probe(pixels, name=f"pixels of {data}", max_iter=args.max_iter)),
+    ]
+    print(
+        f"linear probe (logistic regression, C chosen on valid) on {data}: "
+        f"{len(pixels['train'])}/{len(pixels['valid'])}/{len(pixels['test'])} train/valid/test"
+    )
     for name, r in rows:
         label = f"{model.name} features" if name == "features" else "raw pixels"
-        print(f"  {label:22s} dim {r['dim']:5d}  C={r['C']:<5g} test accuracy {r['test_accuracy']:.4f} "
-              f"(valid {r['valid_accuracy']:.4f}, train {r['train_accuracy']:.4f})")
+        print(
+            f"  {label:22s} dim {r['dim']:5d}  C={r['C']:<5g} test accuracy {r['test_accuracy']:.4f} "
+            f"(valid {r['valid_accuracy']:.4f}, train {r['train_accuracy']:.4f})"
+        )
     files: list[Path] = []
     if args.out:
         out = Path(args.out)
         _check_writable(out)
         with open(out, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["representation", "dim", "C", "train_accuracy", "valid_accuracy", "test_accuracy"])
+            w.writerow(
+                ["representation", "dim", "C", "train_accuracy", "valid_accuracy", "test_accuracy"]
+            )
             for name, r in rows:
-                w.writerow([name, r["dim"], r["C"], r["train_accuracy"], r["valid_accuracy"], r["test_accuracy"]])
+                w.writerow(
+                    [
+                        name,
+                        r["dim"],
+                        r["C"],
+                        r["train_accuracy"],
+                        r["valid_accuracy"],
+                        r["test_accuracy"],
+                    ]
+                )
         files.append(out)
     if args.json:
         jp = Path(args.json)
         _check_writable(jp)
-        jp.write_text(json.dumps({"checkpoint": str(args.checkpoint), "model": model.name, "data": data,
-                                  **dict(rows)}, indent=2) + "\n")
+        jp.write_text(
+            json.dumps(
+                {
+                    "checkpoint": str(args.checkpoint),
+                    "model": model.name,
+                    "data": data,
+                    **dict(rows),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         files.append(jp)
     _list_files(files)
     return 0
@@ -565,35 +687,68 @@ def _add_tool_parsers(sub) -> None:
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         _add_data_dir(p)
 
-    sc = sub.add_parser("score", help="per-image NLL (nats, bits/dim, complexity-corrected) to CSV, "
-                        "and per-pixel NLL maps as PNG")
+    sc = sub.add_parser(
+        "score",
+        help="per-image NLL (nats, bits/dim, complexity-corrected) to CSV, "
+        "and per-pixel NLL maps as PNG",
+    )
     common(sc)
     sc.add_argument("--split", default="test", choices=["train", "valid", "test"])
     sc.add_argument("--out", default=None, help="CSV file (default: RUN_DIR/scores-DATA-SPLIT.csv)")
-    sc.add_argument("--compressor", choices=COMPRESSORS, default="png",
-                    help="lossless compressor for the complexity-corrected score (default png)")
-    sc.add_argument("--maps", type=int, default=8,
-                    help="per-pixel NLL maps of the N/2 most and N/2 least likely images (0: none)")
-    sc.add_argument("--images", default=None, help="comma-separated indices of images to map instead")
+    sc.add_argument(
+        "--compressor",
+        choices=COMPRESSORS,
+        default="png",
+        help="lossless compressor for the complexity-corrected score (default png)",
+    )
+    sc.add_argument(
+        "--maps",
+        type=int,
+        default=8,
+        help="per-pixel NLL maps of the N/2 most and N/2 least likely images (0: none)",
+    )
+    sc.add_argument(
+        "--images", default=None, help="comma-separated indices of images to map instead"
+    )
     sc.add_argument("--max-images", type=int, default=None, help="score only the first N images")
     sc.set_defaults(func=cmd_score)
 
-    d = sub.add_parser("detect", help="anomaly detection: AUROC, AUPR, FPR@95%%TPR of each score, "
-                       "histograms and ROC as PNG, a threshold chosen on held-out data",
-                       description="Out-of-distribution detection. Scores: " + ", ".join(SCORES)
-                       + ". OOD sets: any data set name (e.g. notmnist:binarize), noise, flip[:NAME], "
-                       "hflip[:NAME], invert[:NAME] (see chainrule.anomaly).")
+    d = sub.add_parser(
+        "detect",
+        help="anomaly detection: AUROC, AUPR, FPR@95%%TPR of each score, "
+        "histograms and ROC as PNG, a threshold chosen on held-out data",
+        description="Out-of-distribution detection. Scores: "
+        + ", ".join(SCORES)
+        + ". OOD sets: any data set name (e.g. notmnist:binarize), noise, flip[:NAME], "
+        "hflip[:NAME], invert[:NAME] (see chainrule.anomaly).",
+    )
     common(d, data_help="")
-    d.add_argument("--in", dest="in_data", default=None,
-                   help="in-distribution data set (default: the one the run was trained on)")
-    d.add_argument("--ood", required=True, help="out-of-distribution set (e.g. notmnist:binarize, noise, flip)")
-    d.add_argument("--score", default=None, help=f"comma-separated scores (default all: {','.join(SCORES)})")
+    d.add_argument(
+        "--in",
+        dest="in_data",
+        default=None,
+        help="in-distribution data set (default: the one the run was trained on)",
+    )
+    d.add_argument(
+        "--ood", required=True, help="out-of-distribution set (e.g. notmnist:binarize, noise, flip)"
+    )
+    d.add_argument(
+        "--score", default=None, help=f"comma-separated scores (default all: {','.join(SCORES)})"
+    )
     d.add_argument("--compressor", choices=COMPRESSORS, default="png")
-    d.add_argument("--false-alarm", type=float, default=0.05,
-                   help="false-alarm rate the threshold is chosen for, on in-distribution valid (default 0.05)")
+    d.add_argument(
+        "--false-alarm",
+        type=float,
+        default=0.05,
+        help="false-alarm rate the threshold is chosen for, on in-distribution valid (default 0.05)",
+    )
     d.add_argument("--max-images", type=int, default=None, help="use at most N images of each set")
-    d.add_argument("--out-dir", default=None, help="folder for PNG/CSV/JSON (default: RUN_DIR/detect-OOD)")
-    d.add_argument("--json", default=None, help="JSON file for the metrics (default: OUT_DIR/detect.json)")
+    d.add_argument(
+        "--out-dir", default=None, help="folder for PNG/CSV/JSON (default: RUN_DIR/detect-OOD)"
+    )
+    d.add_argument(
+        "--json", default=None, help="JSON file for the metrics (default: OUT_DIR/detect.json)"
+    )
     d.set_defaults(func=cmd_detect)
 
     f = sub.add_parser("features", help="the model's features of every split to an .npz")
@@ -601,10 +756,16 @@ def _add_tool_parsers(sub) -> None:
     f.add_argument("--out", default=None, help=".npz file (default: RUN_DIR/features-DATA.npz)")
     f.set_defaults(func=cmd_features)
 
-    pr = sub.add_parser("probe", help="linear probe: logistic regression on the features vs on raw pixels")
+    pr = sub.add_parser(
+        "probe", help="linear probe: logistic regression on the features vs on raw pixels"
+    )
     common(pr, data_help="labelled data set (default: the run's; e.g. mnist:binarize, digits)")
-    pr.add_argument("--features", default=None, help="features .npz written by `chainrule features`")
-    pr.add_argument("--max-iter", type=int, default=300, help="iterations of the logistic regression")
+    pr.add_argument(
+        "--features", default=None, help="features .npz written by `chainrule features`"
+    )
+    pr.add_argument(
+        "--max-iter", type=int, default=300, help="iterations of the logistic regression"
+    )
     pr.add_argument("--out", default=None, help="also write the accuracies to this CSV")
     pr.add_argument("--json", default=None, help="also write the accuracies to this JSON")
     pr.set_defaults(func=cmd_probe)
@@ -622,43 +783,97 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"chainrule {chainrule.__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a model (no arguments: the main job on digits)",
-                       description="Train a model by maximum likelihood. With no arguments: the "
-                       "default model on the embedded digits data set.")
-    t.add_argument("--model", choices=chainrule.available_models(), default=None,
-                   help=f"model to train (default: {_default_model()})")
-    t.add_argument("--data", default=None,
-                   help=f"data set: digits, binarized-mnist, mnist, fashion-mnist, notmnist, cifar10, "
-                   f"folder:PATH, npz:PATH; forms NAME:binarize, NAME:dynamic, NAME:levels=K (default {DEFAULT_DATA})")
+    t = sub.add_parser(
+        "train",
+        help="train a model (no arguments: the main job on digits)",
+        description="Train a model by maximum likelihood. With no arguments: the "
+        "default model on the embedded digits data set.",
+    )
+    t.add_argument(
+        "--model",
+        choices=chainrule.available_models(),
+        default=None,
+        help=f"model to train (default: {_default_model()})",
+    )
+    t.add_argument(
+        "--data",
+        default=None,
+        help=f"data set: digits, binarized-mnist, mnist, fashion-mnist, notmnist, cifar10, "
+        f"folder:PATH, npz:PATH; forms NAME:binarize, NAME:dynamic, NAME:levels=K (default {DEFAULT_DATA})",
+    )
     _add_data_dir(t)
     t.add_argument("--epochs", type=int, default=None, help="maximum number of epochs")
     t.add_argument("--batch-size", type=int, default=None, help="images per training step")
     t.add_argument("--lr", type=float, default=None, help="Adam learning rate")
-    t.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None, help="learning-rate schedule")
-    t.add_argument("--seed", type=int, default=None, help="random seed (runs are deterministic under a seed)")
-    t.add_argument("--patience", type=int, default=None, help="stop after this many epochs without a better valid NLL (0: never)")
-    t.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
-    t.add_argument("--time-budget", type=float, default=None, metavar="MIN", help="stop training after MIN minutes")
-    t.add_argument("--closed-form", action="store_true", help="fit by counting (independent, markov, table)")
+    t.add_argument(
+        "--lr-schedule", choices=["constant", "cosine"], default=None, help="learning-rate schedule"
+    )
+    t.add_argument(
+        "--seed", type=int, default=None, help="random seed (runs are deterministic under a seed)"
+    )
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop after this many epochs without a better valid NLL (0: never)",
+    )
+    t.add_argument(
+        "--max-train", type=int, default=None, help="use only the first N training images"
+    )
+    t.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="MIN",
+        help="stop training after MIN minutes",
+    )
+    t.add_argument(
+        "--closed-form", action="store_true", help="fit by counting (independent, markov, table)"
+    )
     t.add_argument("--out", default=None, help="run folder (default: runs/MODEL-DATA[-N])")
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to train (default auto)")
-    t.add_argument("--bf16", action="store_true", help="bf16 autocast for training (meant for CUDA)")
-    t.add_argument("--dtype", choices=["float32", "float64"], default=None,
-                   help="the weights' dtype (default float32)")
-    t.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this (0: off)")
-    t.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
-                   help="also save the training state every STEPS steps (default: epoch ends, and every "
-                   "--checkpoint-minutes); --resume continues exactly from the last one")
-    t.add_argument("--checkpoint-minutes", type=float, default=None, metavar="MIN",
-                   help="save the training state at least every MIN minutes within an epoch (default 5; 0: off)")
+    t.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=None,
+        help="where to train (default auto)",
+    )
+    t.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast for training (meant for CUDA)"
+    )
+    t.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default=None,
+        help="the weights' dtype (default float32)",
+    )
+    t.add_argument(
+        "--grad-clip", type=float, default=None, help="clip the gradient norm to this (0: off)"
+    )
+    t.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="also save the training state every STEPS steps (default: epoch ends, and every "
+        "--checkpoint-minutes); --resume continues exactly from the last one",
+    )
+    t.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=None,
+        metavar="MIN",
+        help="save the training state at least every MIN minutes within an epoch (default 5; 0: off)",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_flags(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="NLL (nats) and bits/dim of a checkpoint on a data split")
     e.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
-    e.add_argument("--data", default=None, help="data set (default: the one the run was trained on)")
+    e.add_argument(
+        "--data", default=None, help="data set (default: the one the run was trained on)"
+    )
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -673,14 +888,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_sample)
 
-    cp = sub.add_parser("complete", help="complete occluded images into a PNG grid "
-                        "(originals, occluded inputs, completions)")
+    cp = sub.add_parser(
+        "complete",
+        help="complete occluded images into a PNG grid (originals, occluded inputs, completions)",
+    )
     cp.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
-    cp.add_argument("--data", default=None, help="data set (default: the one the run was trained on)")
+    cp.add_argument(
+        "--data", default=None, help="data set (default: the one the run was trained on)"
+    )
     cp.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    cp.add_argument("--occlude", default="bottom-half", metavar="bottom-half|right-half|box:x,y,w,h",
-                    help="the hidden part: bottom-half (exact in raster order), right-half, or the "
-                    "rectangle box:x,y,w,h (column, row, width, height); default bottom-half")
+    cp.add_argument(
+        "--occlude",
+        default="bottom-half",
+        metavar="bottom-half|right-half|box:x,y,w,h",
+        help="the hidden part: bottom-half (exact in raster order), right-half, or the "
+        "rectangle box:x,y,w,h (column, row, width, height); default bottom-half",
+    )
     cp.add_argument("--n", type=int, default=8, help="number of images (the first N of the split)")
     cp.add_argument("--samples", type=int, default=3, help="completions per image")
     cp.add_argument("--out", default=None, help="PNG file (default: RUN_DIR/completions.png)")
@@ -690,7 +913,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("params", help="exact parameter counts of every model for an image shape")
     q.add_argument("--shape", default="1x28x28", help="CxHxW (default 1x28x28)")
-    q.add_argument("--levels", type=int, default=2, help="levels per dimension (2 binary, 256 8-bit; 0: real)")
+    q.add_argument(
+        "--levels", type=int, default=2, help="levels per dimension (2 binary, 256 8-bit; 0: real)"
+    )
     q.add_argument("--model", default=None, help="only this model (then model options apply)")
     _add_model_flags(q)
     q.set_defaults(func=cmd_params)
@@ -713,7 +938,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UserError, ValueError, TrainingError, FileNotFoundError, PermissionError) as e:
-        msg = str(e) if not isinstance(e, (FileNotFoundError, PermissionError)) or not e.filename else f"{e.strerror}: {e.filename}"
+        msg = (
+            str(e)
+            if not isinstance(e, (FileNotFoundError, PermissionError)) or not e.filename
+            else f"{e.strerror}: {e.filename}"
+        )
         from chainrule.distributed import env_rank
 
         rank = env_rank() if os.environ.get("RANK", "0").isdigit() else 0

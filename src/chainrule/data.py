@@ -134,7 +134,9 @@ def check_sha256(path: Path) -> None:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     if h.hexdigest() != expected:
-        raise DataError(f"{path} has sha256 {h.hexdigest()}, expected {expected}: corrupt or another file")
+        raise DataError(
+            f"{path} has sha256 {h.hexdigest()}, expected {expected}: corrupt or another file"
+        )
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -162,7 +164,9 @@ def read_idx(path: Path) -> np.ndarray:
     offset = 4 + 4 * ndim
     n = int(np.prod(dims))
     if len(data) - offset != n:
-        raise DataError(f"{path} is truncated: header says {dims}, file has {len(data) - offset} bytes")
+        raise DataError(
+            f"{path} is truncated: header says {dims}, file has {len(data) - offset} bytes"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
@@ -238,7 +242,9 @@ def _nchw(x: np.ndarray) -> np.ndarray:
         return x.transpose(0, 3, 1, 2)
     if x.ndim == 4:
         return x
-    raise DataError(f"expected images of shape (N, H, W), (N, C, H, W) or (N, H, W, C), got {x.shape}")
+    raise DataError(
+        f"expected images of shape (N, H, W), (N, C, H, W) or (N, H, W, C), got {x.shape}"
+    )
 
 
 def _split_fixed(x, y, sizes: tuple[float, float], seed: int = 0):
@@ -250,8 +256,8 @@ def _split_fixed(x, y, sizes: tuple[float, float], seed: int = 0):
     if n - n_valid - n_test < 1 or n_valid < 1 or n_test < 1:
         raise DataError(f"{n} images are too few to split into train/valid/test")
     te, va, tr = perm[:n_test], perm[n_test : n_test + n_valid], perm[n_test + n_valid :]
-    pick = (lambda a, i: None if a is None else a[i])
-    return (x[tr], x[va], x[te]), (pick(y, tr), pick(y, va), pick(y, te))
+    ys = (None, None, None) if y is None else (y[tr], y[va], y[te])
+    return (x[tr], x[va], x[te]), ys
 
 
 def _tensor(a) -> Tensor:
@@ -259,11 +265,16 @@ def _tensor(a) -> Tensor:
 
 
 def _labels(y) -> dict[str, Tensor | None]:
-    return {s: (None if v is None else torch.from_numpy(np.asarray(v, dtype=np.int64))) for s, v in zip(("train", "valid", "test"), y)}
+    return {
+        s: (None if v is None else torch.from_numpy(np.asarray(v, dtype=np.int64)))
+        for s, v in zip(("train", "valid", "test"), y, strict=True)
+    }
 
 
 def _make(name, xs, ys, levels, **kw) -> Splits:
-    return Splits(name, *(_tensor(_nchw(np.asarray(a))) for a in xs), levels=levels, labels=_labels(ys), **kw)
+    return Splits(
+        name, *(_tensor(_nchw(np.asarray(a))) for a in xs), levels=levels, labels=_labels(ys), **kw
+    )
 
 
 # ---------------------------------------------------------------------- the data sets
@@ -284,12 +295,19 @@ def _binarized_mnist(dirs) -> Splits:
         amat = [_find(dirs, f"binarized_mnist_{s}.amat") for s in ("train", "valid", "test")]
         if any(p is None for p in amat):
             raise _missing(
-                "binarized-mnist", dirs,
+                "binarized-mnist",
+                dirs,
                 "binarized_mnist.npz or binarized_mnist_{train,valid,test}.amat (Larochelle & Murray 2011)",
             )
         xs = tuple(np.loadtxt(p, dtype=np.uint8).reshape(-1, 28, 28) for p in amat)
-    return _make("binarized-mnist", xs, (None, None, None), 2, binarization="fixed",
-                 notes="fixed binarization of Larochelle & Murray (2011)")
+    return _make(
+        "binarized-mnist",
+        xs,
+        (None, None, None),
+        2,
+        binarization="fixed",
+        notes="fixed binarization of Larochelle & Murray (2011)",
+    )
 
 
 def _split_off_valid(x, y, n_valid: int, seed: int = 0):
@@ -303,8 +321,13 @@ def _mnist_like(dirs, name: str, subdir: str, compact: str | None) -> Splits:
     train, test = _idx_pair(idx_dirs, "train"), _idx_pair(idx_dirs, "t10k")
     if train is not None and test is not None:
         (tr, va), (ytr, yva) = _split_off_valid(*train, 10000)
-        return _make(name, (tr, va, test[0]), (ytr, yva, test[1]), 256,
-                     notes="training set split 50000/10000 (seed 0); the official test set")
+        return _make(
+            name,
+            (tr, va, test[0]),
+            (ytr, yva, test[1]),
+            256,
+            notes="training set split 50000/10000 (seed 0); the official test set",
+        )
     path = _find(dirs, compact) if compact else None
     if path is not None:
         z = _load_npz(path)
@@ -329,12 +352,21 @@ def _cifar10(dirs) -> Splits:
         return _make("cifar10", (tr, va, parts["test"][0]), (ytr, yva, parts["test"][1]), 256)
     path = _find(dirs, "cifar10_jpeg_test.npz")
     if path is None:
-        raise _missing("cifar10", dirs, "cifar-10-batches-py/, cifar-10-python.tar.gz or cifar10_jpeg_test.npz")
+        raise _missing(
+            "cifar10", dirs, "cifar-10-batches-py/, cifar-10-python.tar.gz or cifar10_jpeg_test.npz"
+        )
     z = _load_npz(path)
     xs, ys = _split_fixed(z["x"], z["y"], (1000, 1000))
-    return _make("cifar10", xs, ys, 256, notes=(
-        "CIFAR-10 test images decoded from JPEG, split 8000/1000/1000 (seed 0): "
-        "NOT comparable with published CIFAR-10 bits/dim"))
+    return _make(
+        "cifar10",
+        xs,
+        ys,
+        256,
+        notes=(
+            "CIFAR-10 test images decoded from JPEG, split 8000/1000/1000 (seed 0): "
+            "NOT comparable with published CIFAR-10 bits/dim"
+        ),
+    )
 
 
 def _folder(path: Path) -> Splits:
@@ -342,7 +374,11 @@ def _folder(path: Path) -> Splits:
 
     if not path.is_dir():
         raise DataError(f"folder:{path} is not a folder")
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+    )
     if not files:
         raise DataError(f"folder:{path} holds no images (.png, .jpg, ...)")
     arrays = []
@@ -355,7 +391,9 @@ def _folder(path: Path) -> Splits:
             raise DataError(f"cannot read image {f}: {e}") from None
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
-        raise DataError(f"images in {path} differ in size or colour: {sorted(shapes)[:4]}; resize them to one size")
+        raise DataError(
+            f"images in {path} differ in size or colour: {sorted(shapes)[:4]}; resize them to one size"
+        )
     xs, ys = _split_fixed(np.stack(arrays), None, (0.1, 0.1))
     return _make(f"folder:{path}", xs, ys, 256)
 
@@ -394,17 +432,35 @@ def _apply_form(s: Splits, form: str, seed: int = 0) -> Splits:
         if s.levels == 2:
             return s
         half = s.levels // 2
-        return Splits(s.name + ":binarize", *((x >= half).to(torch.uint8) for x in (s.train, s.valid, s.test)),
-                      levels=2, labels=s.labels, binarization="threshold", notes=f"threshold at {half}")
+        return Splits(
+            s.name + ":binarize",
+            *((x >= half).to(torch.uint8) for x in (s.train, s.valid, s.test)),
+            levels=2,
+            labels=s.labels,
+            binarization="threshold",
+            notes=f"threshold at {half}",
+        )
     if form == "dynamic":
         if s.levels == 2:
             raise DataError(f"{s.name} is already binary: dynamic binarization needs grey levels")
         g = torch.Generator().manual_seed(seed)
         scale = float(s.levels - 1)
-        va, te = (torch.bernoulli(x.double() / scale, generator=g).to(torch.uint8) for x in (s.valid, s.test))
-        return Splits(s.name + ":dynamic", dynamic_binarize(s.train, s.levels, g), va, te, levels=2,
-                      labels=s.labels, binarization="dynamic", train_intensities=s.train, intensity_levels=s.levels,
-                      notes="training set re-binarized by sampling each epoch; valid/test sampled once (seed 0)")
+        va, te = (
+            torch.bernoulli(x.double() / scale, generator=g).to(torch.uint8)
+            for x in (s.valid, s.test)
+        )
+        return Splits(
+            s.name + ":dynamic",
+            dynamic_binarize(s.train, s.levels, g),
+            va,
+            te,
+            levels=2,
+            labels=s.labels,
+            binarization="dynamic",
+            train_intensities=s.train,
+            intensity_levels=s.levels,
+            notes="training set re-binarized by sampling each epoch; valid/test sampled once (seed 0)",
+        )
     if form.startswith("levels="):
         try:
             k = int(form.split("=", 1)[1])
@@ -413,7 +469,9 @@ def _apply_form(s: Splits, form: str, seed: int = 0) -> Splits:
         if not 2 <= k <= s.levels:
             raise DataError(f"levels={k} must lie in 2..{s.levels} for {s.name}")
         q = [(x.long() * k // s.levels).to(torch.uint8) for x in (s.train, s.valid, s.test)]
-        return Splits(f"{s.name}:levels={k}", *q, levels=k, labels=s.labels, notes=f"quantized to {k} levels")
+        return Splits(
+            f"{s.name}:levels={k}", *q, levels=k, labels=s.labels, notes=f"quantized to {k} levels"
+        )
     raise DataError(f"unknown form {form!r}: use binarize, dynamic or levels=K")
 
 
@@ -428,9 +486,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Splits
         raise DataError(f"data set name must be a non-empty string, got {name!r}")
     dirs = search_dirs(data_dir)
     if name.startswith("folder:"):
-        return _folder(Path(name[len("folder:"):]).expanduser())
+        return _folder(Path(name[len("folder:") :]).expanduser())
     if name.startswith("npz:"):
-        return _npz(Path(name[len("npz:"):]).expanduser())
+        return _npz(Path(name[len("npz:") :]).expanduser())
     base, _, form = name.partition(":")
     if base == "digits":
         xs, ys = _digits()
@@ -438,11 +496,19 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Splits
             return _make("digits:levels", xs, ys, 17, notes="17 grey levels")
         if form not in ("", "binarize"):
             raise DataError(f"unknown form {form!r} for digits: use digits or digits:levels")
-        return _make("digits", [(np.asarray(x) >= 8).astype(np.uint8) for x in xs], ys, 2,
-                     binarization="threshold", notes="threshold at 8 of 16")
+        return _make(
+            "digits",
+            [(np.asarray(x) >= 8).astype(np.uint8) for x in xs],
+            ys,
+            2,
+            binarization="threshold",
+            notes="threshold at 8 of 16",
+        )
     if base == "binarized-mnist":
         if form:
-            raise DataError("binarized-mnist takes no form: it is already binary (fixed binarization)")
+            raise DataError(
+                "binarized-mnist takes no form: it is already binary (fixed binarization)"
+            )
         return _binarized_mnist(dirs)
     if base == "mnist":
         s = _mnist_like(dirs, "mnist", "mnist", "mnist_test.npz")

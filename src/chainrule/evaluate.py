@@ -17,7 +17,9 @@ from torch import Tensor
 from .models.base import AutoregressiveModel
 
 
-def check_compatible(model: AutoregressiveModel, event_shape, data_levels: int, data_name: str = "data") -> None:
+def check_compatible(
+    model: AutoregressiveModel, event_shape, data_levels: int, data_name: str = "data"
+) -> None:
     """Raise ValueError when data of this shape and number of levels cannot feed the model."""
     if tuple(event_shape) != tuple(model.event_shape):
         c, h, w = event_shape
@@ -33,7 +35,10 @@ def check_compatible(model: AutoregressiveModel, event_shape, data_levels: int, 
 
 
 def to_model_input(
-    model: AutoregressiveModel, x: Tensor, data_levels: int, generator: torch.Generator | None = None
+    model: AutoregressiveModel,
+    x: Tensor,
+    data_levels: int,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """uint8 images -> what the model takes: the levels as floats, or dequantized to [0, 1]."""
     x = x.to(torch.float64)

@@ -37,7 +37,9 @@ def resolve_ordering(spec: Any, event_shape: tuple[int, int, int]) -> Tensor:
             try:
                 seed = int(spec.split(":", 1)[1])
             except ValueError:
-                raise ValueError(f"ordering 'random:SEED' needs an int seed, got {spec!r}") from None
+                raise ValueError(
+                    f"ordering 'random:SEED' needs an int seed, got {spec!r}"
+                ) from None
             g = torch.Generator().manual_seed(seed)
             return torch.randperm(d, generator=g)
         raise ValueError(
@@ -46,9 +48,13 @@ def resolve_ordering(spec: Any, event_shape: tuple[int, int, int]) -> Tensor:
     try:
         perm = [int(i) for i in spec]
     except (TypeError, ValueError):
-        raise ValueError(f"ordering must be 'raster', 'random:SEED' or a list of ints, got {spec!r}") from None
+        raise ValueError(
+            f"ordering must be 'raster', 'random:SEED' or a list of ints, got {spec!r}"
+        ) from None
     if sorted(perm) != list(range(d)):
-        raise ValueError(f"ordering must be a permutation of 0..{d - 1} (D={d}), got {len(perm)} values that are not")
+        raise ValueError(
+            f"ordering must be a permutation of 0..{d - 1} (D={d}), got {len(perm)} values that are not"
+        )
     return torch.tensor(perm, dtype=torch.int64)
 
 
@@ -60,7 +66,9 @@ def check_ordering_spec(spec: Any) -> None:
         resolve_ordering(spec, (1, 1, 1))
         return
     if not isinstance(spec, (list, tuple)):
-        raise ValueError(f"ordering must be 'raster', 'random:SEED' or a list of ints, got {spec!r}")
+        raise ValueError(
+            f"ordering must be 'raster', 'random:SEED' or a list of ints, got {spec!r}"
+        )
 
 
 def inverse(order: Tensor) -> Tensor:

@@ -69,8 +69,12 @@ def training_curve(metrics: list[dict], path: str | Path, title: str = "") -> Pa
 
     epochs = [m["epoch"] for m in metrics]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(epochs, [m["train_nll"] for m in metrics], "o-", color=TRAIN_COLOUR, label="train", ms=3)
-    ax.plot(epochs, [m["valid_nll"] for m in metrics], "s-", color=VALID_COLOUR, label="valid", ms=3)
+    ax.plot(
+        epochs, [m["train_nll"] for m in metrics], "o-", color=TRAIN_COLOUR, label="train", ms=3
+    )
+    ax.plot(
+        epochs, [m["valid_nll"] for m in metrics], "s-", color=VALID_COLOUR, label="valid", ms=3
+    )
     ax.set_xlabel("epoch")
     ax.set_ylabel("NLL (nats per image)")
     ax.set_title(title, fontsize=9)
@@ -134,7 +138,9 @@ def pixel_nll_maps(
     plt = _pyplot()
     n = len(x)
     if n == 0 or len(nll_maps) != n:
-        raise ValueError(f"pixel_nll_maps needs as many maps as images, got {len(nll_maps)} and {n}")
+        raise ValueError(
+            f"pixel_nll_maps needs as many maps as images, got {len(nll_maps)} and {n}"
+        )
     imgs = _to_uint8(x, levels)
     maps = nll_maps.detach().double().cpu().numpy()
     vmax = max(float(maps.max()), 1e-9)
@@ -142,9 +148,16 @@ def pixel_nll_maps(
     im = None
     for k in range(n):
         img = imgs[k]
-        axes[0, k].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255,
-                          interpolation="nearest")
-        im = axes[1, k].imshow(maps[k], cmap=SURPRISE_CMAP, vmin=0.0, vmax=vmax, interpolation="nearest")
+        axes[0, k].imshow(
+            img[..., 0] if img.shape[-1] == 1 else img,
+            cmap="gray",
+            vmin=0,
+            vmax=255,
+            interpolation="nearest",
+        )
+        im = axes[1, k].imshow(
+            maps[k], cmap=SURPRISE_CMAP, vmin=0.0, vmax=vmax, interpolation="nearest"
+        )
         if titles:
             axes[0, k].set_title(titles[k], fontsize=7)
         for a in axes[:, k]:
@@ -184,8 +197,12 @@ def score_histogram(
     lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
     bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 51)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.hist(a, bins=bins, density=True, alpha=0.55, color=IN_COLOUR, label=f"{labels[0]} (n={a.size})")
-    ax.hist(b, bins=bins, density=True, alpha=0.55, color=OOD_COLOUR, label=f"{labels[1]} (n={b.size})")
+    ax.hist(
+        a, bins=bins, density=True, alpha=0.55, color=IN_COLOUR, label=f"{labels[0]} (n={a.size})"
+    )
+    ax.hist(
+        b, bins=bins, density=True, alpha=0.55, color=OOD_COLOUR, label=f"{labels[1]} (n={b.size})"
+    )
     if threshold is not None:
         ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.4g}")
     ax.set_xlabel(xlabel)
@@ -196,7 +213,9 @@ def score_histogram(
     return _save_figure(fig, path)
 
 
-def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
+def roc_plot(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = ""
+) -> Path:
     """ROC curves (false-positive rate vs true-positive rate), one per score, as PNG.
 
     Args:
@@ -214,7 +233,14 @@ def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
         s = np.r_[s_in, s_out]
         fpr, tpr, _ = roc_curve(y, s)
         colour = SCORE_COLOURS.get(name, f"C{k}")
-        ax.plot(fpr, tpr, color=colour, lw=1.5, ls=SCORE_STYLES.get(name, "-"), label=f"{name} (AUROC {roc_auc_score(y, s):.3f})")
+        ax.plot(
+            fpr,
+            tpr,
+            color=colour,
+            lw=1.5,
+            ls=SCORE_STYLES.get(name, "-"),
+            label=f"{name} (AUROC {roc_auc_score(y, s):.3f})",
+        )
     ax.axhline(0.95, color="black", lw=0.6, ls="--")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
@@ -224,4 +250,3 @@ def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _save_figure(fig, path)
-

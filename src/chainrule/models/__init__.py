@@ -1,8 +1,14 @@
 """The model zoo. Importing this package registers every model family."""
 
-from . import fvsbn, independent, markov, table  # noqa: F401  (registration side effects)
-from . import pixelrnn  # noqa: F401  (registration: pixelcnn, row-lstm, diagonal-bilstm)
-from . import nade, rnade  # noqa: F401  (registration: nade, rnade)
+from . import (  # noqa: F401  (registration side effects)  # noqa: F401  (registration: nade, rnade)
+    fvsbn,
+    independent,
+    markov,
+    nade,
+    pixelrnn,  # noqa: F401  (registration: pixelcnn, row-lstm, diagonal-bilstm)
+    rnade,
+    table,
+)
 from .base import AutoregressiveModel
 from .registry import available_models, build, count_parameters, model_class
 

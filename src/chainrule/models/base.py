@@ -219,8 +219,7 @@ class AutoregressiveModel(nn.Module):
             mask_t = torch.broadcast_to(mask_t, given_t.shape).to(given_t.device)
         except RuntimeError:
             raise ValueError(
-                f"mask of shape {tuple(mask_t.shape)} does not broadcast to "
-                f"{tuple(given_t.shape)}"
+                f"mask of shape {tuple(mask_t.shape)} does not broadcast to {tuple(given_t.shape)}"
             ) from None
         return given_t, mask_t.contiguous()
 
@@ -276,9 +275,7 @@ def check_images(
         raise ValueError(f"{what} must have an integer or floating dtype, got {x.dtype}")
     c, h, w = event_shape
     if x.dim() != 4 or tuple(x.shape[1:]) != (c, h, w):
-        raise ValueError(
-            f"{what} must have shape (B, {c}, {h}, {w}), got {tuple(x.shape)}"
-        )
+        raise ValueError(f"{what} must have shape (B, {c}, {h}, {w}), got {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{what} is an empty batch (B=0)")
     xf = x if x.is_floating_point() else x.to(torch.float64)

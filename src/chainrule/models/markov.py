@@ -56,7 +56,8 @@ class MarkovModel(OrderedModel):
         d, K = self.dim, levels
         self.k = k = min(config.order, d - 1) if d > 1 else 0
         check_table_size(
-            _markov_count(d, K, config.order), f"a Markov chain of order {config.order} with {K} levels over {d} pixels"
+            _markov_count(d, K, config.order),
+            f"a Markov chain of order {config.order} with {K} levels over {d} pixels",
         )
         # steps 0..k-1 have fewer predecessors (K^i contexts); steps k.. share one tensor
         self.first_logits = nn.ParameterList(

@@ -32,7 +32,9 @@ def check_table_size(entries: int, what: str) -> None:
     """Refuse a table that would not fit in memory, naming its size."""
     if entries > MAX_TABLE_ENTRIES:
         gib = entries * 4 / 2**30
-        size = f"{gib:,.1f} GiB" if entries < 10**30 else f"about 2^{entries.bit_length() - 1} floats"
+        size = (
+            f"{gib:,.1f} GiB" if entries < 10**30 else f"about 2^{entries.bit_length() - 1} floats"
+        )
         raise ValueError(
             f"{what} needs {entries:,} parameters ({size} in float32), more than this library "
             f"allocates ({MAX_TABLE_ENTRIES:,}); use fewer pixels, fewer levels or a lower order"
