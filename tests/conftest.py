@@ -63,3 +63,12 @@ def data_file(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"shared data file {path} not found (set CHAINRULE_TEST_DATA to its folder)")
     return path
+
+
+def run_cli(capsys, *argv):
+    """Run ``chainrule ARGV`` in-process: (exit code, stdout, stderr)."""
+    from chainrule.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err

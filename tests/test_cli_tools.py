@@ -16,11 +16,7 @@ import chainrule
 from chainrule.cli import main
 from chainrule.data import load_dataset
 
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+from .conftest import run_cli as run
 
 
 def written(out: str) -> list[Path]:
