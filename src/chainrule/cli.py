@@ -29,7 +29,7 @@ from typing import Any
 
 #: the main job: `chainrule train` with no arguments
 DEFAULT_DATA = "digits"
-DEFAULT_MODELS = ("nade", "fvsbn")  # the first one that is registered
+DEFAULT_MODEL = "nade"
 
 #: CLI flags that map onto model options of the same name (DESIGN.md's shared option names)
 MODEL_FLAGS = {
@@ -44,13 +44,6 @@ MODEL_FLAGS = {
 
 class UserError(Exception):
     """A mistake of the user's: printed as one line, exit status 1."""
-
-
-def _default_model() -> str:
-    import chainrule
-
-    names = chainrule.available_models()
-    return next(m for m in DEFAULT_MODELS if m in names)
 
 
 # ---------------------------------------------------------------------- parsing helpers
@@ -140,7 +133,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_cfg.progress = train_cfg.progress and not args.quiet
         data_dir = args.data_dir or data_dir
     else:
-        name = args.model or _default_model()
+        name = args.model or DEFAULT_MODEL
         data = args.data or DEFAULT_DATA
         data_dir = args.data_dir
         options = model_options(args)
@@ -793,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         choices=chainrule.available_models(),
         default=None,
-        help=f"model to train (default: {_default_model()})",
+        help=f"model to train (default: {DEFAULT_MODEL})",
     )
     t.add_argument(
         "--data",
