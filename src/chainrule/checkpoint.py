@@ -189,9 +189,7 @@ def load(
                 f"weights in {weights_path} do not match the config: {k} has shape "
                 f"{tuple(tensors[k].shape)}, the config says {tuple(v.shape)}"
             )
-        if not torch.isfinite(
-            tensors[k].to(torch.float64) if tensors[k].is_floating_point() else tensors[k].double()
-        ).all():
+        if not torch.isfinite(tensors[k].double()).all():
             raise CheckpointError(f"weights in {weights_path} hold non-finite values in {k}")
     float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(float_dtypes) == 1:

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__ as _version  # noqa: F401  (re-exported in config.json)
+from . import __version__ as _version  # written into config.json
 from . import distributed
 from .checkpoint import (
     CheckpointError,
