@@ -63,8 +63,8 @@ def test_params_prints_exact_counts(capsys):
     [
         (["train", "--model", "fvsbn", "--data", "nope"], "unknown data set 'nope'"),
         (["train", "--model", "fvsbn", "--hidden-size", "3"], None),  # argparse: exit 2
+        (["train", "--model", "fvsbn", "--lr", "-1", "--epochs", "1"], None),
         (["train", "--model", "fvsbn", "--option", "hidden=3"], "unknown option"),
-        (["train", "--model", "fvsbn", "--lr", "-1", "--epochs", "1"], "lr must be a positive"),
         (["eval", "--checkpoint", "/nonexistent/run"], "no checkpoint"),
         (["params", "--shape", "28x28"], "CxHxW"),
     ],
@@ -74,6 +74,8 @@ def test_user_mistakes_are_one_clear_line(argv, match, capsys, tmp_path):
         with pytest.raises(SystemExit) as e:
             main(argv + ["--out", str(tmp_path / "r")])
         assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error:" in err and "usage" not in err
         return
     argv = argv + (["--out", str(tmp_path / "r")] if argv[0] == "train" else [])
     code, out, err = run(capsys, *argv)
@@ -111,7 +113,7 @@ def test_train_refuses_to_overwrite(trained_run, capsys):
     code, _, err = run(
         capsys, "train", "--model", "fvsbn", "--out", str(trained_run), "--epochs", "1"
     )
-    assert code == 1 and "already holds a trained model" in err
+    assert code == 1 and "already holds a finished run" in err
     assert (trained_run / "model.safetensors").read_bytes() == before
 
 

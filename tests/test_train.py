@@ -91,7 +91,7 @@ def test_existing_run_is_not_overwritten(digits, tmp_path):
     model = chainrule.build("fvsbn", event_shape=(1, 8, 8), levels=2)
     train(model, digits, _cfg(epochs=1), tmp_path / "run")
     before = (tmp_path / "run" / "model.safetensors").read_bytes()
-    with pytest.raises(TrainingError, match="already holds a trained model"):
+    with pytest.raises(TrainingError, match="already holds a finished run"):
         train(model, digits, _cfg(epochs=1), tmp_path / "run")
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
 

@@ -60,7 +60,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import Splits, load_dataset
+from . import outputs
+from .data import DATASETS, Splits, load_dataset
 from .evaluate import (
     check_compatible,
     detection_metrics,
@@ -109,13 +110,16 @@ def png_encode(img: np.ndarray, levels: int) -> bytes:
     return buf.getvalue()
 
 
-def compression_bits(x: Tensor | np.ndarray, levels: int, compressor: str = "png") -> np.ndarray:
+def compression_bits(
+    x: Tensor | np.ndarray, levels: int, compressor: str = "png", *, progress: bool = False
+) -> np.ndarray:
     """Lossless code length ``L(x)`` of every image, in bits.
 
     Args:
         x: ``(N, C, H, W)`` images holding whole numbers ``0 .. levels-1``.
         levels: number of levels K of the data (2 for binary).
         compressor: ``"png"`` or ``"zlib"`` (see the module docstring).
+        progress: a bar on a terminal (:func:`chainrule.outputs.progress`); False: nothing.
 
     Returns:
         ``(N,)`` float64 code lengths in bits (8 times the compressed byte count).
@@ -123,10 +127,11 @@ def compression_bits(x: Tensor | np.ndarray, levels: int, compressor: str = "png
     if compressor not in COMPRESSORS:
         raise ValueError(f"unknown compressor {compressor!r}: use one of {', '.join(COMPRESSORS)}")
     a = _as_uint8_images(x)
+    images = outputs.progress(a, desc=f"{compressor} lengths", total=len(a)) if progress else a
     if compressor == "png":
-        sizes = [len(png_encode(img, levels)) for img in a]
+        sizes = [len(png_encode(img, levels)) for img in images]
     else:
-        sizes = [len(zlib.compress(img.tobytes(), 9)) for img in a]
+        sizes = [len(zlib.compress(img.tobytes(), 9)) for img in images]
     return 8.0 * np.asarray(sizes, dtype=np.float64)
 
 
@@ -149,6 +154,7 @@ def anomaly_scores(
             compatible with the model (:func:`chainrule.evaluate.check_compatible`).
         data_levels: levels of the data.
         compressor: for the complexity-corrected score.
+        progress: bars on a terminal (NLL, then code lengths); False: nothing.
         code_bits: the images' code lengths if already known (``compression_bits(x, ...)``
             does not depend on the model: scoring one set with several models reuses it).
 
@@ -159,7 +165,11 @@ def anomaly_scores(
     if len(x) == 0:
         raise ValueError("cannot score an empty set of images (0 images)")
     nll = per_image_nll(model, x, data_levels, batch_size=batch_size, progress=progress).numpy()
-    comp = compression_bits(x, data_levels, compressor) if code_bits is None else code_bits
+    comp = (
+        compression_bits(x, data_levels, compressor, progress=progress)
+        if code_bits is None
+        else code_bits
+    )
     if len(comp) != len(x):
         raise ValueError(f"code_bits has {len(comp)} entries for {len(x)} images")
     nll_bits = nll / math.log(2)
@@ -172,22 +182,65 @@ def anomaly_scores(
 
 
 @torch.no_grad()
-def pixel_nll(model: AutoregressiveModel, x: Tensor, data_levels: int) -> Tensor:
+def pixel_nll(
+    model: AutoregressiveModel,
+    x: Tensor,
+    data_levels: int,
+    *,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> Tensor:
     """Per-pixel NLL maps ``-log p(x_i | x_<i)``, summed over channels: ``(N, H, W)`` nats.
 
     Real-valued models give densities of dequantized values (no ``ln K`` offset added here).
+    ``progress``: a bar on a terminal (:func:`chainrule.outputs.progress`); False: nothing.
     """
     from .evaluate import to_model_input
 
     was = model.training
     model.eval()
     g = torch.Generator().manual_seed(0)
-    out = -model.conditional_log_probs(to_model_input(model, x, data_levels, g)).sum(1)
-    model.train(was)
-    return out.double().cpu()
+    xm = to_model_input(model, x, data_levels, g)  # one draw for all: batching changes nothing
+    starts = range(0, len(xm), batch_size)
+    if progress:
+        starts = outputs.progress(starts, desc="NLL maps", total=len(starts))
+    try:
+        out = [-model.conditional_log_probs(xm[i : i + batch_size]).sum(1) for i in starts]
+    finally:
+        model.train(was)
+    return torch.cat(out).double().cpu()
 
 
 # ---------------------------------------------------------------------- OOD sets
+#: the built-in out-of-distribution sets (beside data-set names), for messages
+SPECIAL_OOD = "noise, flip[:NAME], hflip[:NAME], invert[:NAME]"
+
+
+def _unknown_ood(spec: str, name: str) -> ValueError:
+    return ValueError(
+        f"unknown data set {name!r} in OOD set {spec!r}; use {SPECIAL_OOD}, or a data set: "
+        f"{', '.join(DATASETS)}, folder:PATH, npz:PATH (forms NAME:binarize, NAME:dynamic, "
+        "NAME:levels=K)"
+    )
+
+
+def _check_ood_name(spec: str, name: str) -> None:
+    """Refuse a data-set name that is none (before loading anything)."""
+    if name.startswith(("folder:", "npz:")):
+        return
+    if name.partition(":")[0] not in DATASETS:
+        raise _unknown_ood(spec, name)
+
+
+def ood_binarize_hint(spec: str) -> str:
+    """The ``--ood`` form that binarizes an OOD set (for a binary model meeting 8-bit data)."""
+    head, _, rest = spec.partition(":")
+    prefix, name = (f"{head}:", rest) if head in TRANSFORMS and rest else ("", spec)
+    if not name or name.startswith(("folder:", "npz:")) or name.partition(":")[0] not in DATASETS:
+        return "--ood NAME:binarize"
+    return f"--ood {prefix}{name.partition(':')[0]}:binarize"
+
+
 def _uniform_noise(n: int, shape: tuple[int, int, int], levels: int, seed: int = 0) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, levels, (n, *shape), generator=g).to(torch.uint8)
@@ -226,6 +279,8 @@ def load_ood(
         raise ValueError(f"unknown split {split!r}: use train, valid, test or all")
     head, _, rest = spec.partition(":")
     if head in TRANSFORMS:
+        if rest:
+            _check_ood_name(spec, rest)
         base = reference if not rest else load_dataset(rest, data_dir=data_dir)
         x = _split(base, split)
         if head == "flip":
@@ -236,6 +291,7 @@ def load_ood(
             x = (base.levels - 1 - x.long()).to(torch.uint8)
         what = {"flip": "upside down", "hflip": "mirrored left-right", "invert": "inverted"}[head]
         return x, base.levels, f"{base.name} {split} {what}"
+    _check_ood_name(spec, spec)
     s = load_dataset(spec, data_dir=data_dir)
     return _split(s, split), s.levels, f"{s.describe()} ({split})"
 
@@ -281,19 +337,31 @@ class Detection:
         return "\n".join(lines)
 
 
-def _check_set(x: Tensor, levels: int, model: AutoregressiveModel, name: str) -> None:
+def _check_set(
+    x: Tensor,
+    levels: int,
+    model: AutoregressiveModel,
+    name: str,
+    binarize_hint: str = "--in NAME:binarize",
+) -> None:
     if len(x) == 0:
         raise ValueError(f"{name} is an empty set (0 images)")
-    check_compatible(model, tuple(x.shape[1:]), levels, name)
+    check_compatible(model, tuple(x.shape[1:]), levels, name, binarize_hint=binarize_hint)
 
 
-def _subset(x: Tensor, n: int | None, seed: int) -> Tensor:
+def _check_max_images(n: int | None) -> None:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"the number of images to use must be a positive int, got {n!r}")
+
+
+def _subset(x: Tensor, n: int | None, seed: int = 0) -> Tensor:
+    """``n`` images of ``x`` drawn at random with ``seed`` (in their order; all when ``n`` is
+    None or ``>= len(x)``): :func:`chainrule.outputs.random_subset`, as every command does
+    (test splits are often sorted by class, so the first N are no sample)."""
+    _check_max_images(n)
     if n is None or n >= len(x):
         return x
-    if n < 1:
-        raise ValueError(f"the number of images to use must be positive, got {n}")
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-    return x[idx.sort().values]
+    return x[outputs.random_subset(len(x), n, seed)]
 
 
 def detect(
@@ -306,6 +374,7 @@ def detect(
     compressor: str = "png",
     false_alarm_rate: float = 0.05,
     max_images: int | None = None,
+    seed: int = 0,
     batch_size: int = 256,
     progress: bool = False,
 ) -> Detection:
@@ -316,19 +385,24 @@ def detect(
     at most ``false_alarm_rate`` of it is flagged; the false-alarm rate reported is then measured
     on the in-distribution *test* split, and the detection rate on the OOD set.
 
+    ``max_images`` caps each set (test, valid, OOD) at that many images drawn at random with
+    ``seed`` (:func:`chainrule.outputs.random_subset`, the same draw for a set of a given size
+    as every other command's); ``progress`` shows bars on a terminal only.
+
     Raises:
         ValueError: a set of another shape or number of levels than the model's, or an empty set.
     """
     unknown = [s for s in scores if s not in SCORES]
     if unknown or not scores:
         raise ValueError(f"unknown score(s) {unknown}: use some of {', '.join(SCORES)}")
-    x_test = _subset(in_data.test, max_images, 1)
-    x_valid = _subset(in_data.valid, max_images, 2)
+    _check_max_images(max_images)
+    x_test = _subset(in_data.test, max_images, seed)
+    x_valid = _subset(in_data.valid, max_images, seed)
     _check_set(x_test, in_data.levels, model, f"in-distribution set {in_data.name}")
     _check_set(x_valid, in_data.levels, model, f"in-distribution set {in_data.name} (valid)")
-    x_ood, ood_levels, ood_desc = load_ood(ood_spec, in_data, data_dir=data_dir)
-    x_ood = _subset(x_ood, max_images, 3)
-    _check_set(x_ood, ood_levels, model, f"OOD set {ood_spec}")
+    x_ood, ood_levels, ood_desc = load_ood(ood_spec, in_data, data_dir=data_dir, seed=seed)
+    x_ood = _subset(x_ood, max_images, seed)
+    _check_set(x_ood, ood_levels, model, f"OOD set {ood_spec}", ood_binarize_hint(ood_spec))
     kw = {"compressor": compressor, "batch_size": batch_size, "progress": progress}
     s_test = anomaly_scores(model, x_test, in_data.levels, **kw)
     s_valid = anomaly_scores(model, x_valid, in_data.levels, **kw)

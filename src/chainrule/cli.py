@@ -2,9 +2,9 @@
 
     chainrule train                     # the main job: the default model on the embedded digits
     chainrule train --model M --data D [--epochs N] [--batch-size B] [--lr LR] [--seed S]
-                    [--out RUN_DIR] [--resume RUN_DIR] [--device auto|cpu|cuda] [--hidden H] ...
+                    [--out RUN_DIR] [--resume RUN_DIR] [--overwrite] [--device auto|cpu|cuda] ...
     chainrule eval --checkpoint RUN_DIR [--data D] [--split test]
-    chainrule sample --checkpoint RUN_DIR [--n N] [--out FILE.png]
+    chainrule sample --checkpoint RUN_DIR [--n N] [--out FILE.png] [--npz FILE.npz]
     chainrule complete --checkpoint RUN_DIR [--data D] --occlude bottom-half|right-half|box:x,y,w,h
                        [--n 8] [--samples 3] [--out completions.png]
     chainrule params --shape 1x28x28 --levels 2
@@ -12,9 +12,18 @@
     chainrule detect --checkpoint RUN_DIR [--in D_in] --ood D_out          # AUROC, histograms, ROC
     chainrule features --checkpoint RUN_DIR [--data D] [--out feats.npz]
     chainrule probe --checkpoint RUN_DIR --data D                          # features vs raw pixels
+    chainrule receptive-field --model row-lstm                             # which pixels feed one
 
-Mistakes a user can make (a wrong option, a missing file, a foreign checkpoint, data of the
-wrong shape) end in one line on stderr and exit status 1; argparse's own usage errors exit 2.
+What a user meets (tested command by command in tests/test_sweep_*.py):
+
+* A mistake (a wrong option, a missing file, a foreign checkpoint, data of the wrong shape, an
+  output path that cannot be written) ends in one line on stderr, before any work where it can
+  be known before, and exit status 1 (2 for a malformed command line).
+* A fault of the machine (a full disk, too little memory) ends in one line and exit status 1;
+  every output file is written atomically, so nothing is ever half-written or lost.
+* Ctrl-C (SIGINT) or SIGTERM: training saves its state and says how to resume (exit 130 / 143);
+  other commands stop at once, leaving nothing behind.
+* Progress bars only on a terminal; off one, plain lines; ``--quiet``: neither.
 """
 
 from __future__ import annotations
@@ -22,10 +31,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+from chainrule import outputs
+from chainrule.outputs import OutputError, check_output
 
 #: the main job: `chainrule train` with no arguments
 DEFAULT_DATA = "digits"
@@ -33,17 +47,94 @@ DEFAULT_MODEL = "nade"
 
 #: CLI flags that map onto model options of the same name (DESIGN.md's shared option names)
 MODEL_FLAGS = {
-    "hidden": (int, "hidden units per layer"),
-    "layers": (int, "number of layers"),
-    "order": (int, "order k of a Markov chain"),
-    "ordering": (str, "pixel ordering: raster, random:SEED, or a JSON list giving the permutation"),
-    "components": (int, "mixture components (RNADE)"),
-    "preset": (str, "a preset configuration of the model (see its docs)"),
+    "hidden": (int, "hidden units per layer (default: the model's)"),
+    "layers": (int, "number of layers (default: the model's)"),
+    "order": (int, "order k of a Markov chain (default 1)"),
+    "ordering": (
+        str,
+        "pixel ordering: raster, random:SEED, or a JSON list giving the permutation "
+        "(default raster)",
+    ),
+    "components": (int, "mixture components of RNADE (default: the model's)"),
+    "preset": (str, "a named configuration of the model (see PRESETS below)"),
 }
+
+#: `chainrule train` flags that a --resume may change (printed when they do); every other
+#: flag would change the run and is refused on a resume
+RESUME_MAY_CHANGE = (
+    "epochs",
+    "time_budget",
+    "patience",
+    "device",
+    "checkpoint_every",
+    "checkpoint_minutes",
+    "data_dir",
+)
+#: `chainrule train` flags fixed for the life of a run: flag -> field of config.json's "train"
+RUN_FIXED = {
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "lr_schedule": "lr_schedule",
+    "seed": "seed",
+    "max_train": "max_train",
+    "dtype": "dtype",
+    "grad_clip": "grad_clip",
+    "closed_form": "closed_form",
+    "bf16": "bf16",
+}
+
+#: the largest --n a PNG grid shows (beyond it, samples go to --npz only)
+MAX_GRID = 4096
+#: images generated at once by `sample` (memory is proportional to it, not to --n)
+SAMPLE_BATCH = 1024
 
 
 class UserError(Exception):
     """A mistake of the user's: printed as one line, exit status 1."""
+
+
+# ---------------------------------------------------------------------- argparse
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (not the usage block) and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's help line ends with its default (when it has a meaningful one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "default" in text.lower():
+            return text
+        if action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _number(kind, low: float, name: str, strict: bool = True):
+    """An argparse type: ``kind`` (int/float), finite, > low (strict) or >= low."""
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {name}, got {text!r}") from None
+        if isinstance(v, float) and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be {name}, got {text!r}")
+        if v < low or (strict and v == low):
+            raise argparse.ArgumentTypeError(f"must be {name}, got {text!r}")
+        return v
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, 0, "a positive int")
+nonneg_int = _number(int, 0, "an int >= 0", strict=False)
+positive_float = _number(float, 0.0, "a positive number")
+nonneg_float = _number(float, 0.0, "a number >= 0", strict=False)
 
 
 # ---------------------------------------------------------------------- parsing helpers
@@ -99,46 +190,158 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
-# ---------------------------------------------------------------------- commands
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars or progress lines (results only)"
+    )
+
+
+def _data_line(splits, max_train: int = 0) -> str:
+    """The data line: the data set, and what is true of it that a figure needs beside it."""
+    try:
+        text = splits.describe(max_train=max_train or None)
+    except TypeError:  # a Splits without the max_train argument
+        text = splits.describe()
+    caveat = getattr(splits, "caveat", "")
+    return text + (f"\n       note: {caveat}" if caveat else "")
+
+
+# ---------------------------------------------------------------------- train
+def _train_defaults(name: str) -> dict[str, Any]:
+    """TrainConfig's defaults with the model's own training defaults on top."""
+    from chainrule.models import model_class
+    from chainrule.train import TrainConfig
+
+    return {**dataclasses.asdict(TrainConfig()), **getattr(model_class(name), "train_defaults", {})}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _resume_settings(args: argparse.Namespace, run: Path):
+    """What a --resume continues: the saved settings, the flags that may change applied (and
+    printed), every flag that would change the run refused in one line naming it."""
+    from chainrule.train import TrainConfig, read_counters
+
+    cfg_path = run / "config.json"
+    if not run.is_dir():
+        raise UserError(f"cannot resume: {run} is not a folder (is it a run folder?)")
+    if not cfg_path.is_file():
+        raise UserError(f"cannot resume: {cfg_path} not found (is {run} a run folder?)")
+    try:
+        saved = json.loads(cfg_path.read_text())
+        name, options, data = saved["model"], dict(saved["options"]), saved["data"]
+        train_cfg = TrainConfig(**saved["train"])
+        levels, data_dir = saved["levels"], saved.get("data_dir")
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot resume: {cfg_path} is not a chainrule run config ({e})") from None
+    if args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other: give one")
+    # flags that would change the run: refused unless they repeat the saved value
+    if args.model is not None and args.model != name:
+        raise UserError(f"--model cannot change on --resume: {run} trains {name}")
+    if args.data is not None and args.data != data:
+        raise UserError(f"--data cannot change on --resume: {run} was trained on {data}")
+    for flag, field in RUN_FIXED.items():
+        v = getattr(args, flag)
+        if v is None or v is False:
+            continue
+        old = getattr(train_cfg, field)
+        if v != old:
+            raise UserError(
+                f"{_flag(flag)} cannot change on --resume: {run} was started with "
+                f"{_flag(flag)} {old} (start a new run with --out to change it)"
+            )
+    for key, v in model_options(args).items():
+        if key not in options or options[key] != v:
+            shown = "--" + key if key in MODEL_FLAGS else f"--option {key}"
+            old = options.get(key, "(not an option of this model)")
+            raise UserError(f"{shown} cannot change on --resume: {run} has {key} = {old}")
+    # flags that may change
+    changes = []
+    counters = read_counters(run) or {}
+    done = int(counters.get("epoch", 0))
+    if args.epochs is not None:
+        if args.epochs <= done and not train_cfg.closed_form:
+            raise UserError(
+                f"--epochs {args.epochs}: {run} has trained {done} epochs already; "
+                f"give more than {done} to train on"
+            )
+        changes.append(("epochs", train_cfg.epochs, args.epochs))
+        train_cfg.epochs = args.epochs
+    for flag, field in (
+        ("patience", "patience"),
+        ("device", "device"),
+        ("checkpoint_every", "checkpoint_every"),
+        ("checkpoint_minutes", "checkpoint_minutes"),
+    ):
+        v = getattr(args, flag)
+        if v is not None and v != getattr(train_cfg, field):
+            changes.append((field, getattr(train_cfg, field), v))
+            setattr(train_cfg, field, v)
+    if args.data_dir is not None and args.data_dir != data_dir:
+        changes.append(("data_dir", data_dir, args.data_dir))
+        data_dir = args.data_dir
+    if args.time_budget is not None:
+        changes.append(("time budget", "", f"{args.time_budget:g} more minutes"))
+    # a finished run: something must let it go on
+    stopped = counters.get("stop_reason")
+    if (run / "result.json").exists() and not train_cfg.closed_form:
+        why = {
+            "early stopping": f"it stopped early at epoch {done}",
+            "time budget": f"its time budget ran out in epoch {done + 1}",
+        }.get(stopped, f"it trained all its {done} epochs")
+        going_on = done < train_cfg.epochs and (
+            stopped in ("early stopping", "time budget")
+            and (args.epochs is not None or args.patience is not None or args.time_budget)
+            or stopped not in ("early stopping", "time budget")
+        )
+        if not going_on:
+            raise UserError(
+                f"{run} is finished ({why}); to train on, give --epochs N (more than {done})"
+                + (" or --time-budget MIN" if stopped == "time budget" else "")
+            )
+    for field, old, new in changes:
+        _info(f"changed on resume: {field} " + (f"{old} -> {new}" if old != "" else str(new)))
+    train_cfg.progress = not args.quiet
+    try:
+        train_cfg.validate()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return name, options, data, data_dir, levels, train_cfg
+
+
+def _info(msg: str) -> None:
+    """A line of information on stderr (not under --quiet)."""
+    outputs.say(msg)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import chainrule
     from chainrule.data import load_dataset
     from chainrule.models import model_class
-    from chainrule.train import TrainConfig, describe_result, train
+    from chainrule.train import (
+        TrainConfig,
+        TrainingInterrupted,
+        describe_result,
+        preflight_run_folder,
+        train,
+    )
 
     resume = args.resume is not None
     if resume:
         run = Path(args.resume)
-        cfg_path = run / "config.json"
-        if not cfg_path.is_file():
-            raise UserError(f"cannot resume: {cfg_path} not found (is {run} a run folder?)")
-        try:
-            saved = json.loads(cfg_path.read_text())
-            name, options, data = saved["model"], saved["options"], saved["data"]
-            train_cfg = TrainConfig(**saved["train"])
-            levels, data_dir = saved["levels"], saved.get("data_dir")
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise UserError(
-                f"cannot resume: {cfg_path} is not a chainrule run config ({e})"
-            ) from None
-        if args.epochs is not None:
-            train_cfg.epochs = args.epochs
-        if args.device is not None:
-            train_cfg.device = args.device
-        for key in ("checkpoint_every", "checkpoint_minutes"):  # safe to change on resume
-            if getattr(args, key) is not None:
-                setattr(train_cfg, key, getattr(args, key))
-        if args.bf16:
-            train_cfg.bf16 = True
-        train_cfg.progress = train_cfg.progress and not args.quiet
-        data_dir = args.data_dir or data_dir
+        if args.out is not None and Path(args.out) != run:
+            raise UserError("--resume RUN continues RUN in place: leave out --out")
+        name, options, data, data_dir, levels, train_cfg = _resume_settings(args, run)
     else:
         name = args.model or DEFAULT_MODEL
         data = args.data or DEFAULT_DATA
         data_dir = args.data_dir
         options = model_options(args)
         cls = model_class(name)
-        defaults = {**dataclasses.asdict(TrainConfig()), **getattr(cls, "train_defaults", {})}
+        defaults = _train_defaults(name)
         given = {
             "epochs": args.epochs,
             "batch_size": args.batch_size,
@@ -159,9 +362,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         defaults["progress"] = not args.quiet
         defaults["bf16"] = bool(args.bf16)
         train_cfg = TrainConfig(**defaults)
+        if train_cfg.closed_form and getattr(cls, "fit", None) is None:
+            raise UserError(
+                f"--closed-form: model {name!r} has no closed-form fit (train it with Adam)"
+            )
         run = Path(args.out) if args.out else _fresh_run_dir(name, data)
-    train_cfg.validate()
+        train_cfg.validate()
+    preflight_run_folder(run, resume, overwrite=args.overwrite)  # before any data is loaded
     splits = load_dataset(data, data_dir=data_dir)
+    if train_cfg.max_train and train_cfg.max_train > len(splits.train):
+        raise UserError(
+            f"--max-train {train_cfg.max_train}: {data} has only {len(splits.train)} training images"
+        )
     if not resume:  # a real-valued model (RNADE) sees the data dequantized to [0, 1]
         levels = None if model_class(name).supports == ("real",) else splits.levels
     import torch
@@ -172,22 +384,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = chainrule.build(name, event_shape=splits.event_shape, levels=levels, **options)
     main_rank = env_rank() == 0
     if main_rank:
-        print(f"data:  {splits.describe()}", file=sys.stderr)
-        print(f"model: {name} with {model.num_parameters():,} parameters", file=sys.stderr)
+        _info(f"data:  {_data_line(splits, train_cfg.max_train)}")
+        _info(f"model: {name} with {model.num_parameters():,} parameters")
         world = env_world_size()
-        print(f"run:   {run}" + (f" ({world} processes)" if world > 1 else ""), file=sys.stderr)
-    result = train(
-        model,
-        splits,
-        train_cfg,
-        run,
-        resume=resume,
-        run_info={
-            "data": data,
-            "data_dir": str(data_dir) if data_dir else None,
-            "command": " ".join(sys.argv),
-        },
-    )
+        _info(f"run:   {run}" + (f" ({world} processes)" if world > 1 else ""))
+    try:
+        result = train(
+            model,
+            splits,
+            train_cfg,
+            run,
+            resume=resume,
+            overwrite=args.overwrite,
+            more_minutes=args.time_budget if resume else None,
+            run_info={
+                "data": data,
+                "data_dir": str(data_dir) if data_dir else None,
+                "command": " ".join(["chainrule", *sys.argv[1:]]),
+            },
+        )
+    except (TrainingInterrupted, KeyboardInterrupt) as e:
+        signum = getattr(e, "signum", 0) or _SIGNAL.get("signum") or signal.SIGINT
+        if main_rank:
+            saved = (run / "state.safetensors").exists() and not train_cfg.closed_form
+            where = f" at {e.where}" if isinstance(e, TrainingInterrupted) else ""
+            what = f"training state saved{where}" if saved else "nothing to resume"
+            print(f"chainrule train: interrupted; {what}", file=sys.stderr)
+            if saved:
+                print(f"resume with: chainrule train --resume {run}", file=sys.stderr)
+        return 128 + int(signum)
     if main_rank:
         print(describe_result(result, model.dim))
         for f in result.get("files", []):
@@ -206,6 +431,7 @@ def _fresh_run_dir(model: str, data: str) -> Path:
     return run
 
 
+# ---------------------------------------------------------------------- eval / sample / complete / params
 def _load_checkpoint(path: str):
     import chainrule
 
@@ -216,57 +442,125 @@ def _run_data(checkpoint: str, data: str | None, data_dir: str | None) -> tuple[
     """The data set named on the command line, else the one the run was trained on."""
     if data:
         return data, data_dir
-    cfg = Path(checkpoint) / "config.json"
+    ck = Path(checkpoint)
+    cfg = (ck if ck.is_dir() else ck.parent) / "config.json"
     if cfg.is_file():
         try:
             saved = json.loads(cfg.read_text())
             return saved["data"], data_dir or saved.get("data_dir")
-        except (json.JSONDecodeError, KeyError):
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
             pass
     raise UserError(f"--data is needed: {checkpoint} does not record the data it was trained on")
+
+
+def _default_out(args: argparse.Namespace, name: str) -> Path:
+    """A default output file beside the checkpoint: in the run folder, or, for a
+    NAME.safetensors file, NAME-<name> next to it."""
+    ck = Path(args.checkpoint)
+    return ck / name if ck.is_dir() else ck.with_name(f"{ck.stem}-{name}")
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+
+
+def _list_files(files: list[Path | str]) -> None:
+    """Every command ends by listing what it wrote."""
+    if not files:
+        print("files written: none")
+    for f in files:
+        print(f"wrote {f}")
+
+
+def _check_output_dir(path: Path, what: str) -> None:
+    """An output folder: writable if it exists, else creatable (checked without creating it)."""
+    if path.exists():
+        if not path.is_dir():
+            raise OutputError(f"cannot write {what} {path}: it is a file, not a folder")
+        check_output(path / "check", what=what)
+    else:
+        check_output(path, what=what)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from chainrule.data import load_dataset
     from chainrule.evaluate import check_compatible, summarize
 
+    if args.json:
+        check_output(args.json, what="--json")
     model = _load_checkpoint(args.checkpoint)
     data, data_dir = _run_data(args.checkpoint, args.data, args.data_dir)
     splits = load_dataset(data, data_dir=data_dir)
     check_compatible(model, splits.event_shape, splits.levels, data)
     x = splits.split(args.split)
+    if len(x) == 0:
+        raise UserError(f"{data} {args.split} is an empty set (0 images)")
     s = summarize(model, x, splits.levels, batch_size=args.batch_size, progress=True)
     deq = " (discrete-equivalent: dequantized, + D ln K)" if s["dequantized"] else ""
     print(
         f"{data} {args.split} ({s['n']} images): NLL {s['nll_nats']:.3f} nats per image "
         f"(+/- {s['nll_stderr']:.3f}), {s['bits_per_dim']:.4f} bits/dim{deq}"
     )
+    caveat = getattr(splits, "caveat", "")
+    if caveat:
+        print(f"note: {caveat}")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"data": data, "split": args.split, **s}, indent=2) + "\n"
+        outputs.write_json(
+            args.json, {"data": data, "split": args.split, "data_caveat": caveat, **s}
         )
         print(f"wrote {args.json}")
     return 0
 
 
+def _available_bytes() -> int | None:
+    """Memory available to this process (Linux /proc/meminfo), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     from chainrule.plots import sample_grid
 
-    model = _load_checkpoint(args.checkpoint)
-    if args.n < 1:
-        raise UserError(f"--n must be a positive int, got {args.n}")
-    out = Path(args.out) if args.out else Path(args.checkpoint) / "samples.png"
-    _check_writable(out)
-    g = torch.Generator().manual_seed(args.seed)
-    x = model.sample(args.n, generator=g)
-    sample_grid(x, model.levels, out)
-    print(f"wrote {out} ({args.n} samples)")
+    n = args.n
+    if n > MAX_GRID and not args.npz:
+        raise UserError(
+            f"--n {n}: a PNG grid shows at most {MAX_GRID} images; to draw more, give "
+            f"--npz FILE (the PNG then shows the first {MAX_GRID})"
+        )
+    out = Path(args.out) if args.out else _default_out(args, f"samples-n{n}-seed{args.seed}.png")
+    check_output(out, what="--out")
     if args.npz:
-        import numpy as np
-
-        np.savez_compressed(args.npz, x=x.cpu().numpy())
+        check_output(args.npz, what="--npz")
+    model = _load_checkpoint(args.checkpoint)
+    itemsize = 4 if model.levels is None else 1  # real values as float32, levels as uint8
+    need = n * model.dim * itemsize
+    avail = _available_bytes()
+    if avail is not None and need > avail // 2:
+        raise UserError(
+            f"--n {n}: the samples alone need {need / 2**30:.1f} GiB of memory "
+            f"({model.dim} values each) and {avail / 2**30:.1f} GiB is available; ask for fewer"
+        )
+    g = torch.Generator().manual_seed(args.seed)
+    keep = np.empty((n, *model.event_shape), dtype=np.float32 if itemsize == 4 else np.uint8)
+    batches = range(0, n, SAMPLE_BATCH)
+    for i in outputs.progress(batches, desc="sampling", total=len(batches)):
+        b = min(SAMPLE_BATCH, n - i)
+        x = model.sample(b, generator=g).cpu()
+        keep[i : i + b] = x.numpy() if itemsize == 4 else x.to(torch.uint8).numpy()
+    shown = min(n, MAX_GRID)
+    sample_grid(torch.from_numpy(keep[:shown]), model.levels, out)
+    print(f"wrote {out} ({shown} of {n} samples)" if shown < n else f"wrote {out} ({n} samples)")
+    if args.npz:
+        outputs.save_npz(args.npz, x=keep)
         print(f"wrote {args.npz}")
     return 0
 
@@ -280,21 +574,24 @@ def cmd_complete(args: argparse.Namespace) -> int:
     from chainrule.completion import complete, completion_grid, occlusion_mask
     from chainrule.data import load_dataset
     from chainrule.evaluate import check_compatible, to_model_input
+    from chainrule.outputs import random_subset
 
-    if args.n < 1:
-        raise UserError(f"--n must be a positive int, got {args.n}")
-    if args.samples < 1:
-        raise UserError(f"--samples must be a positive int, got {args.samples}")
+    out = (
+        Path(args.out)
+        if args.out
+        else _default_out(args, f"completions-{_safe(args.occlude)}-seed{args.seed}.png")
+    )
+    check_output(out, what="--out")
     model = _load_checkpoint(args.checkpoint)
     mask = occlusion_mask(args.occlude, model.event_shape)
-    out = Path(args.out) if args.out else Path(args.checkpoint) / "completions.png"
-    _check_writable(out)
     data, data_dir = _run_data(args.checkpoint, args.data, args.data_dir)
     splits = load_dataset(data, data_dir=data_dir)
     check_compatible(model, splits.event_shape, splits.levels, data)
-    x = splits.split(args.split)[: args.n]
-    if len(x) == 0:
+    x_all = splits.split(args.split)
+    if len(x_all) == 0:
         raise UserError(f"{data} {args.split} is an empty set (0 images)")
+    idx = random_subset(len(x_all), args.n, seed=args.seed)
+    x = x_all[idx]
     g = torch.Generator().manual_seed(args.seed)
     images = to_model_input(model, x, splits.levels, generator=g)
     with warnings.catch_warnings(record=True) as caught:
@@ -302,16 +599,14 @@ def cmd_complete(args: argparse.Namespace) -> int:
         comp = complete(model, images, mask, samples=args.samples, generator=g)
     completion_grid(images, mask, comp, model.levels, out)
     exact = "not exact (see note)" if caught else "exact draws from p(hidden | visible)"
-    print(f"wrote {out} ({len(x)} images x {args.samples} completions, {args.occlude}: {exact})")
+    shown = ",".join(str(i) for i in idx.tolist()[:16]) + ("..." if len(idx) > 16 else "")
+    print(
+        f"wrote {out} ({len(x)} images of {data} {args.split} drawn at random with seed "
+        f"{args.seed}: #{shown}; {args.samples} completions each, {args.occlude}: {exact})"
+    )
     for w in caught[:1]:
         print(f"note: {w.message}", file=sys.stderr)
     return 0
-
-
-def _check_writable(path: Path) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"cannot write {path}: folder {parent} does not exist")
 
 
 def _power_form(count: int, levels: int | None) -> str:
@@ -330,31 +625,51 @@ def cmd_params(args: argparse.Namespace) -> int:
     from chainrule.models import model_class
 
     shape = parse_shape(args.shape)
-    levels = None if args.levels in (0, None) else args.levels
+    if args.levels < 0 or args.levels == 1:
+        raise UserError(
+            f"--levels must be 0 (real values) or at least 2 (2 binary, 256 8-bit), got {args.levels}"
+        )
+    levels = None if args.levels == 0 else args.levels
     c, h, w = shape
+    if args.model:
+        try:
+            model_class(args.model)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    given = model_options(args)
+    if not args.model and set(given) - {"order"}:
+        flags = ", ".join(sorted(_flag(k) for k in set(given) - {"order"}))
+        raise UserError(f"{flags} applies to one model: add --model NAME")
+    if hasattr(sys, "set_int_max_str_digits"):  # counts such as 256^3072 - 1 print in full
+        sys.set_int_max_str_digits(0)
     names = [args.model] if args.model else chainrule.available_models()
-    print(
+    lines = [
         f"exact parameter counts for {c}x{h}x{w} images, "
         f"{'real values' if levels is None else f'{levels} levels'} (n = {c * h * w} dimensions)"
-    )
+    ]
     for name in names:
         cls = model_class(name)
         lv = None if cls.supports == ("real",) else levels
         if lv is None and "real" not in cls.supports:
+            if args.model:
+                raise UserError(f"{name} models discrete levels: give --levels 2 or more")
             continue
+        opts = (
+            given
+            if args.model
+            else ({"order": given["order"]} if name == "markov" and "order" in given else {})
+        )
         try:
-            opts = (
-                model_options(args)
-                if args.model
-                else ({"order": args.order} if name == "markov" and args.order else {})
-            )
             count = chainrule.count_parameters(name, shape, lv, **opts)
         except ValueError as e:
-            print(f"  {name:16s} -- ({e})")
+            if args.model:  # the user's options: their mistake, one line
+                raise UserError(str(e)) from None
+            lines.append(f"  {name:16s} -- ({e})")
             continue
         form = _power_form(count, lv)
         note = "" if lv == levels else "  (real-valued model)"
-        print(f"  {name:16s} {count}" + (f"  = {form}" if form else "") + note)
+        lines.append(f"  {name:16s} {count}" + (f"  = {form}" if form else "") + note)
+    print("\n".join(lines))
     return 0
 
 
@@ -367,50 +682,55 @@ def _model_on(args: argparse.Namespace):
     return model.to(resolve_device(getattr(args, "device", None) or "auto")).eval()
 
 
-def _default_out_dir(args: argparse.Namespace, name: str) -> Path:
-    ck = Path(args.checkpoint)
-    return (ck if ck.is_dir() else ck.parent) / name
+def _csv_text(rows: list[list]) -> str:
+    import csv
+    import io
 
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
-
-
-def _list_files(files: list[Path | str]) -> None:
-    """Every command ends by listing what it wrote."""
-    if not files:
-        print("files written: none")
-    for f in files:
-        print(f"wrote {f}")
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    import csv
-
     import torch
 
     from chainrule.anomaly import anomaly_scores, pixel_nll
     from chainrule.data import load_dataset
-    from chainrule.evaluate import check_compatible
+    from chainrule.evaluate import check_compatible, per_image_nll
+    from chainrule.outputs import random_subset
     from chainrule.plots import pixel_nll_maps
 
+    if args.out:
+        out = check_output(args.out, what="--out")
     model = _model_on(args)
     data, data_dir = _run_data(args.checkpoint, args.data, args.data_dir)
+    if not args.out:
+        out = check_output(
+            _default_out(args, f"scores-{_safe(data)}-{args.split}.csv"), what="scores"
+        )
+    png = out.with_name(out.stem + "_nll_maps.png")
+    if args.maps or args.images:
+        check_output(png, what="maps")
     splits = load_dataset(data, data_dir=data_dir)
-    x = splits.split(args.split)
-    if len(x) == 0:
+    x_all = splits.split(args.split)
+    if len(x_all) == 0:
         raise UserError(f"{data} {args.split} is an empty set (0 images)")
     check_compatible(model, splits.event_shape, splits.levels, data)
-    if args.max_images is not None:
-        if args.max_images < 1:
-            raise UserError(f"--max-images must be a positive int, got {args.max_images}")
-        x = x[: args.max_images]
-    out = (
-        Path(args.out)
-        if args.out
-        else _default_out_dir(args, f"scores-{_safe(data)}-{args.split}.csv")
-    )
-    _check_writable(out)
+    if args.images:  # checked before any scoring
+        try:
+            wanted = [int(t) for t in args.images.split(",") if t.strip()]
+        except ValueError:
+            raise UserError(
+                f"--images must be comma-separated image indices, got {args.images!r}"
+            ) from None
+        bad = [i for i in wanted if not 0 <= i < len(x_all)]
+        if bad or not wanted:
+            raise UserError(
+                f"--images must be indices in 0..{len(x_all) - 1} of {data} {args.split}, "
+                f"got {args.images!r}"
+            )
+    sel = random_subset(len(x_all), args.max_images, seed=args.seed)
+    x = x_all[sel]
     s = anomaly_scores(
         model,
         x,
@@ -420,47 +740,44 @@ def cmd_score(args: argparse.Namespace) -> int:
         progress=True,
     )
     labels = splits.labels.get(args.split)
-    with open(out, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            ["index", "nll_nats", "bits_per_dim", f"{args.compressor}_bits", "complexity_bits"]
-            + (["label"] if labels is not None else [])
-        )
-        for i in range(len(x)):
-            row = [
-                i,
-                f"{s['nll'][i]:.6f}",
-                f"{s['bits_per_dim'][i]:.6f}",
-                f"{s['compression_bits'][i]:.0f}",
-                f"{s['complexity'][i]:.6f}",
-            ]
-            w.writerow(row + ([int(labels[i])] if labels is not None else []))
+    rows = [
+        ["index", "nll_nats", "bits_per_dim", f"{args.compressor}_bits", "complexity_bits"]
+        + (["label"] if labels is not None else [])
+    ]
+    for k, i in enumerate(sel.tolist()):
+        row = [
+            i,
+            f"{s['nll'][k]:.6f}",
+            f"{s['bits_per_dim'][k]:.6f}",
+            f"{s['compression_bits'][k]:.0f}",
+            f"{s['complexity'][k]:.6f}",
+        ]
+        rows.append(row + ([int(labels[i])] if labels is not None else []))
+    outputs.write_text(out, _csv_text(rows))
     files: list[Path] = [out]
     nll = s["nll"]
+    subset = (
+        f"{len(x)} of {len(x_all)} images, drawn at random with seed {args.seed}"
+        if len(x) < len(x_all)
+        else f"{len(x)} images"
+    )
     print(
-        f"{data} {args.split} ({len(x)} images): NLL {nll.mean():.3f} nats per image, "
+        f"{data} {args.split} ({subset}): NLL {nll.mean():.3f} nats per image, "
         f"{s['bits_per_dim'].mean():.4f} bits/dim; {args.compressor} length {s['compression_bits'].mean():.1f} "
         f"bits; complexity-corrected score {s['complexity'].mean():.2f} bits (mean)"
     )
     if args.images:
-        try:
-            idx = [int(t) for t in args.images.split(",") if t.strip()]
-        except ValueError:
-            raise UserError(
-                f"--images must be comma-separated image indices, got {args.images!r}"
-            ) from None
-        bad = [i for i in idx if not 0 <= i < len(x)]
-        if bad or not idx:
-            raise UserError(f"--images must be indices in 0..{len(x) - 1}, got {args.images!r}")
-    else:  # the most likely and the least likely images
+        idx = wanted
+    else:  # the most likely and the least likely images (indices into the split)
         order = nll.argsort()
         k = min(args.maps // 2, len(x))
-        idx = list(dict.fromkeys(order[:k].tolist() + order[::-1][: args.maps - k].tolist()))
-    if idx and args.maps > 0 or args.images:
-        xi = x[torch.as_tensor(idx)]
-        maps = pixel_nll(model, xi, splits.levels)
-        png = out.with_name(out.stem + "_nll_maps.png")
-        titles = [f"#{i}: {nll[i]:.1f}" for i in idx]
+        pos = list(dict.fromkeys(order[:k].tolist() + order[::-1][: args.maps - k].tolist()))
+        idx = [int(sel[p]) for p in pos]
+    if idx and (args.maps > 0 or args.images):
+        xi = x_all[torch.as_tensor(idx)]
+        maps = pixel_nll(model, xi, splits.levels, progress=True)
+        nll_i = per_image_nll(model, xi, splits.levels)
+        titles = [f"#{i}: {v:.1f}" for i, v in zip(idx, nll_i.tolist(), strict=True)]
         files.append(
             pixel_nll_maps(
                 xi,
@@ -477,14 +794,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    import csv
-
     from chainrule.anomaly import SCORE_UNITS, SCORES, detect
     from chainrule.data import load_dataset
     from chainrule.plots import roc_plot, score_histogram
 
-    model = _model_on(args)
-    data, data_dir = _run_data(args.checkpoint, args.in_data, args.data_dir)
     scores = tuple(t.strip() for t in args.score.split(",") if t.strip()) if args.score else SCORES
     bad = [t for t in scores if t not in SCORES]
     if bad or not scores:
@@ -492,8 +805,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if not 0.0 <= args.false_alarm < 1.0:
         raise UserError(f"--false-alarm must lie in [0, 1), got {args.false_alarm}")
     out_dir = (
-        Path(args.out_dir) if args.out_dir else _default_out_dir(args, f"detect-{_safe(args.ood)}")
+        Path(args.out_dir) if args.out_dir else _default_out(args, f"detect-{_safe(args.ood)}")
     )
+    _check_output_dir(out_dir, "--out-dir")
+    json_path = Path(args.json) if args.json else out_dir / "detect.json"
+    if args.json:
+        check_output(json_path, what="--json")
+    model = _model_on(args)
+    data, data_dir = _run_data(args.checkpoint, args.in_data, args.data_dir)
     splits = load_dataset(data, data_dir=data_dir)
     det = detect(
         model,
@@ -504,10 +823,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
         compressor=args.compressor,
         false_alarm_rate=args.false_alarm,
         max_images=args.max_images,
+        seed=args.seed,
         batch_size=args.batch_size,
         progress=True,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
     print(
         f"in-distribution: {det.in_name} test ({len(next(iter(det.scores_in.values())))} images); "
         f"threshold chosen on its valid split for a {args.false_alarm:.0%} false-alarm rate"
@@ -515,10 +834,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(
         f"out-of-distribution: {det.ood_name} ({len(next(iter(det.scores_out.values())))} images)"
     )
+    if args.max_images:
+        print(
+            f"subsets: at most {args.max_images} images of each set, drawn at random with seed {args.seed}"
+        )
     print(
         f"complexity score: NLL in bits minus the {args.compressor.upper()} code length (Serra et al. 2020)"
     )
     print(det.table())
+    out_dir.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     for name in scores:
         m = det.metrics[name]
@@ -540,40 +864,33 @@ def cmd_detect(args: argparse.Namespace) -> int:
             title=f"{model.name}: {data} vs {args.ood}",
         )
     )
-    csv_path = out_dir / "scores.csv"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["set", "index", *scores])
-        for tag, sc in (("in", det.scores_in), ("ood", det.scores_out)):
-            for i in range(len(sc[scores[0]])):
-                w.writerow([tag, i, *(f"{sc[n][i]:.6f}" for n in scores)])
-    files.append(csv_path)
-    json_path = Path(args.json) if args.json else out_dir / "detect.json"
-    _check_writable(json_path)
-    json_path.write_text(
-        json.dumps(
-            {"checkpoint": str(args.checkpoint), "model": model.name, **det.as_dict()}, indent=2
+    rows: list[list] = [["set", "index", *scores]]
+    for tag, sc in (("in", det.scores_in), ("ood", det.scores_out)):
+        for i in range(len(sc[scores[0]])):
+            rows.append([tag, i, *(f"{sc[n][i]:.6f}" for n in scores)])
+    files.append(outputs.write_text(out_dir / "scores.csv", _csv_text(rows)))
+    files.append(
+        outputs.write_json(
+            json_path, {"checkpoint": str(args.checkpoint), "model": model.name, **det.as_dict()}
         )
-        + "\n"
     )
-    files.append(json_path)
     _list_files(files)
     return 0
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from chainrule.data import load_dataset
     from chainrule.probe import dataset_features
 
+    if args.out:
+        out = check_output(args.out, what="--out")
     model = _model_on(args)
     data, data_dir = _run_data(args.checkpoint, args.data, args.data_dir)
-    out = Path(args.out) if args.out else _default_out_dir(args, f"features-{_safe(data)}.npz")
-    _check_writable(out)
+    if not args.out:
+        out = check_output(_default_out(args, f"features-{_safe(data)}.npz"), what="features")
     splits = load_dataset(data, data_dir=data_dir)
-    feats = dataset_features(model, splits, batch_size=args.batch_size)
-    np.savez_compressed(out, **feats)
+    feats = dataset_features(model, splits, batch_size=args.batch_size, progress=True)
+    outputs.save_npz(out, **feats)
     sizes = ", ".join(f"{s} {feats[s].shape}" for s in ("train", "valid", "test"))
     labelled = "with labels" if "train_y" in feats else "no labels"
     print(f"{model.name} features of {data}: {sizes} ({labelled})")
@@ -582,13 +899,20 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    import csv
-
     import numpy as np
 
     from chainrule.data import load_dataset
-    from chainrule.probe import _check_probe_input, dataset_features, linear_probe, raw_pixels
+    from chainrule.probe import (
+        _check_probe_input,
+        convergence_note,
+        dataset_features,
+        linear_probe,
+        raw_pixels,
+    )
 
+    for path, what in ((args.out, "--out"), (args.json, "--json")):
+        if path:
+            check_output(path, what=what)
     model = _model_on(args)
     data, data_dir = _run_data(args.checkpoint, args.data, args.data_dir)
     splits = load_dataset(data, data_dir=data_dir)
@@ -612,11 +936,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
                     f"{len(feats.get(s, []))} rows, the data {len(pixels[s])} images"
                 )
     else:
-        feats = dataset_features(model, splits, batch_size=args.batch_size)
+        feats = dataset_features(model, splits, batch_size=args.batch_size, progress=True)
+    fit = dict(max_iter=args.max_iter, progress=True, note=False)
     rows = [
-        ("features", linear_probe(feats, name=f"{model.name} features", max_iter=args.max_iter)),
-        ("pixels", linear_probe(pixels, name=f"pixels of {data}", max_iter=args.max_iter)),
+        ("features", linear_probe(feats, name=f"{model.name} features", **fit)),
+        ("pixels", linear_probe(pixels, name=f"pixels of {data}", **fit)),
     ]
+    note = convergence_note(rows)
+    if note:
+        print(note, file=sys.stderr)
     print(
         f"linear probe (logistic regression, C chosen on valid) on {data}: "
         f"{len(pixels['train'])}/{len(pixels['valid'])}/{len(pixels['test'])} train/valid/test"
@@ -629,43 +957,74 @@ def cmd_probe(args: argparse.Namespace) -> int:
         )
     files: list[Path] = []
     if args.out:
-        out = Path(args.out)
-        _check_writable(out)
-        with open(out, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(
-                ["representation", "dim", "C", "train_accuracy", "valid_accuracy", "test_accuracy"]
+        table = [
+            ["representation", "dim", "C", "train_accuracy", "valid_accuracy", "test_accuracy"]
+        ]
+        for name, r in rows:
+            table.append(
+                [
+                    name,
+                    r["dim"],
+                    r["C"],
+                    r["train_accuracy"],
+                    r["valid_accuracy"],
+                    r["test_accuracy"],
+                ]
             )
-            for name, r in rows:
-                w.writerow(
-                    [
-                        name,
-                        r["dim"],
-                        r["C"],
-                        r["train_accuracy"],
-                        r["valid_accuracy"],
-                        r["test_accuracy"],
-                    ]
-                )
-        files.append(out)
+        files.append(outputs.write_text(args.out, _csv_text(table)))
     if args.json:
-        jp = Path(args.json)
-        _check_writable(jp)
-        jp.write_text(
-            json.dumps(
+        files.append(
+            outputs.write_json(
+                args.json,
                 {
                     "checkpoint": str(args.checkpoint),
                     "model": model.name,
                     "data": data,
                     **dict(rows),
                 },
-                indent=2,
             )
-            + "\n"
         )
-        files.append(jp)
     _list_files(files)
     return 0
+
+
+# ---------------------------------------------------------------------- parsers
+def _train_epilog() -> str:
+    """The per-model training defaults and presets, for `chainrule train --help`."""
+    import chainrule
+    from chainrule.models import model_class
+    from chainrule.models.pixelrnn import PRESETS
+    from chainrule.train import TrainConfig
+
+    base = dataclasses.asdict(TrainConfig())
+    shown = ("epochs", "batch_size", "lr", "lr_schedule", "patience")
+    lines = [
+        "training defaults (a flag given on the command line wins):",
+        "  every model: "
+        + ", ".join(f"{_flag(k)} {base[k]}" for k in (*shown, "seed", "checkpoint_minutes")),
+    ]
+    for name in chainrule.available_models():
+        own = getattr(model_class(name), "train_defaults", {})
+        if own:
+            lines.append(f"  {name}: " + ", ".join(f"{_flag(k)} {v}" for k, v in own.items()))
+    lines.append("presets (--preset NAME):")
+    for name, presets in PRESETS.items():
+        lines.append(
+            f"  {name}: "
+            + "; ".join(
+                f"{p} (" + ", ".join(f"{k} {v}" for k, v in o.items()) + ")"
+                for p, o in presets.items()
+            )
+        )
+    lines += [
+        "a run folder that holds a run (finished or not) is never overwritten without --overwrite;",
+        "--resume RUN may change "
+        + ", ".join(_flag(k) for k in RESUME_MAY_CHANGE)
+        + "; other flags "
+        "that would change the run are refused.",
+        "Ctrl-C or SIGTERM saves the training state and prints the --resume command.",
+    ]
+    return "\n".join(lines)
 
 
 def _add_tool_parsers(sub) -> None:
@@ -676,34 +1035,47 @@ def _add_tool_parsers(sub) -> None:
         p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
         if data_help:
             p.add_argument("--data", default=None, help=data_help)
-        p.add_argument("--batch-size", type=int, default=256)
-        p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+        p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
+        p.add_argument(
+            "--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to compute"
+        )
         _add_data_dir(p)
+        _add_quiet(p)
 
     sc = sub.add_parser(
         "score",
         help="per-image NLL (nats, bits/dim, complexity-corrected) to CSV, "
         "and per-pixel NLL maps as PNG",
+        description="Score every image of a split: NLL in nats and bits/dim, the lossless "
+        "code length and the complexity-corrected score, one CSV row per image (its index in "
+        "the split), and per-pixel NLL maps of the most and least likely images as PNG.",
+        formatter_class=_Help,
     )
     common(sc)
-    sc.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    sc.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split")
     sc.add_argument("--out", default=None, help="CSV file (default: RUN_DIR/scores-DATA-SPLIT.csv)")
     sc.add_argument(
         "--compressor",
         choices=COMPRESSORS,
         default="png",
-        help="lossless compressor for the complexity-corrected score (default png)",
+        help="lossless compressor for the complexity-corrected score",
     )
     sc.add_argument(
         "--maps",
-        type=int,
+        type=nonneg_int,
         default=8,
         help="per-pixel NLL maps of the N/2 most and N/2 least likely images (0: none)",
     )
     sc.add_argument(
-        "--images", default=None, help="comma-separated indices of images to map instead"
+        "--images", default=None, help="comma-separated indices (into the split) of images to map"
     )
-    sc.add_argument("--max-images", type=int, default=None, help="score only the first N images")
+    sc.add_argument(
+        "--max-images",
+        type=positive_int,
+        default=None,
+        help="score only N images, drawn at random with --seed (default: all)",
+    )
+    sc.add_argument("--seed", type=nonneg_int, default=0, help="seed of the --max-images draw")
     sc.set_defaults(func=cmd_score)
 
     d = sub.add_parser(
@@ -714,6 +1086,7 @@ def _add_tool_parsers(sub) -> None:
         + ", ".join(SCORES)
         + ". OOD sets: any data set name (e.g. notmnist:binarize), noise, flip[:NAME], "
         "hflip[:NAME], invert[:NAME] (see chainrule.anomaly).",
+        formatter_class=_Help,
     )
     common(d, data_help="")
     d.add_argument(
@@ -728,14 +1101,20 @@ def _add_tool_parsers(sub) -> None:
     d.add_argument(
         "--score", default=None, help=f"comma-separated scores (default all: {','.join(SCORES)})"
     )
-    d.add_argument("--compressor", choices=COMPRESSORS, default="png")
+    d.add_argument("--compressor", choices=COMPRESSORS, default="png", help="lossless compressor")
     d.add_argument(
         "--false-alarm",
         type=float,
         default=0.05,
-        help="false-alarm rate the threshold is chosen for, on in-distribution valid (default 0.05)",
+        help="false-alarm rate the threshold is chosen for, on in-distribution valid",
     )
-    d.add_argument("--max-images", type=int, default=None, help="use at most N images of each set")
+    d.add_argument(
+        "--max-images",
+        type=positive_int,
+        default=None,
+        help="use at most N images of each set, drawn at random with --seed (default: all)",
+    )
+    d.add_argument("--seed", type=nonneg_int, default=0, help="seed of the --max-images draws")
     d.add_argument(
         "--out-dir", default=None, help="folder for PNG/CSV/JSON (default: RUN_DIR/detect-OOD)"
     )
@@ -744,34 +1123,44 @@ def _add_tool_parsers(sub) -> None:
     )
     d.set_defaults(func=cmd_detect)
 
-    f = sub.add_parser("features", help="the model's features of every split to an .npz")
+    f = sub.add_parser(
+        "features",
+        help="the model's features of every split to an .npz",
+        description="Features of every image of every split (and the labels, where the data "
+        "set has them) to a compressed .npz, for `chainrule probe --features` or your own use.",
+        formatter_class=_Help,
+    )
     common(f)
     f.add_argument("--out", default=None, help=".npz file (default: RUN_DIR/features-DATA.npz)")
     f.set_defaults(func=cmd_features)
 
     pr = sub.add_parser(
-        "probe", help="linear probe: logistic regression on the features vs on raw pixels"
+        "probe",
+        help="linear probe: logistic regression on the features vs on raw pixels",
+        description="Representation learning, measured: a logistic regression on the model's "
+        "features against one on the raw pixels, C chosen on the valid split, test accuracy.",
+        formatter_class=_Help,
     )
     common(pr, data_help="labelled data set (default: the run's; e.g. mnist:binarize, digits)")
     pr.add_argument(
         "--features", default=None, help="features .npz written by `chainrule features`"
     )
     pr.add_argument(
-        "--max-iter", type=int, default=300, help="iterations of the logistic regression"
+        "--max-iter", type=positive_int, default=300, help="iterations of the logistic regression"
     )
     pr.add_argument("--out", default=None, help="also write the accuracies to this CSV")
     pr.add_argument("--json", default=None, help="also write the accuracies to this JSON")
     pr.set_defaults(func=cmd_probe)
 
 
-# ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     import chainrule
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="chainrule",
         description="Explicit autoregressive generative models of images: exact log p(x), "
-        "sampling, completion.",
+        "sampling, completion, anomaly detection, features.",
+        formatter_class=_Help,
     )
     p.add_argument("--version", action="version", version=f"chainrule {chainrule.__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -779,8 +1168,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="train a model (no arguments: the main job on digits)",
-        description="Train a model by maximum likelihood. With no arguments: the "
-        "default model on the embedded digits data set.",
+        description="Train a model by maximum likelihood (Adam; the best model on the valid "
+        "split is kept; early stopping). With no arguments: the default model "
+        f"({DEFAULT_MODEL}) on the embedded digits data set.",
+        epilog=_train_epilog(),
+        formatter_class=_Help,
     )
     t.add_argument(
         "--model",
@@ -795,41 +1187,71 @@ def build_parser() -> argparse.ArgumentParser:
         f"folder:PATH, npz:PATH; forms NAME:binarize, NAME:dynamic, NAME:levels=K (default {DEFAULT_DATA})",
     )
     _add_data_dir(t)
-    t.add_argument("--epochs", type=int, default=None, help="maximum number of epochs")
-    t.add_argument("--batch-size", type=int, default=None, help="images per training step")
-    t.add_argument("--lr", type=float, default=None, help="Adam learning rate")
     t.add_argument(
-        "--lr-schedule", choices=["constant", "cosine"], default=None, help="learning-rate schedule"
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="maximum number of epochs (default: the model's, below)",
     )
     t.add_argument(
-        "--seed", type=int, default=None, help="random seed (runs are deterministic under a seed)"
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="images per training step (default 64)",
+    )
+    t.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="Adam learning rate (default: the model's, below)",
+    )
+    t.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default=None,
+        help="learning-rate schedule (default: the model's, below); cosine decays to 0 over --epochs",
+    )
+    t.add_argument(
+        "--seed",
+        type=nonneg_int,
+        default=None,
+        help="random seed (default 0): the same seed, thread count and machine give the same run",
     )
     t.add_argument(
         "--patience",
-        type=int,
+        type=nonneg_int,
         default=None,
-        help="stop after this many epochs without a better valid NLL (0: never)",
+        help="stop after this many epochs without a better valid NLL (0: never; default: the model's, below)",
     )
     t.add_argument(
-        "--max-train", type=int, default=None, help="use only the first N training images"
+        "--max-train",
+        type=positive_int,
+        default=None,
+        help="train on N training images drawn at random with seed 0 (default: all)",
     )
     t.add_argument(
         "--time-budget",
-        type=float,
+        type=positive_float,
         default=None,
         metavar="MIN",
-        help="stop training after MIN minutes",
+        help="stop training after MIN minutes, checked after every step (default: none); "
+        "with --resume: MIN more minutes",
     )
     t.add_argument(
         "--closed-form", action="store_true", help="fit by counting (independent, markov, table)"
     )
     t.add_argument("--out", default=None, help="run folder (default: runs/MODEL-DATA[-N])")
-    t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run that --out holds (without it, a folder holding a run is refused)",
+    )
+    t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run (see below)")
     t.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
         default=None,
-        help="where to train (default auto)",
+        help="where to train (default auto: CUDA when present)",
     )
     t.add_argument(
         "--bf16", action="store_true", help="bf16 autocast for training (meant for CUDA)"
@@ -841,55 +1263,75 @@ def build_parser() -> argparse.ArgumentParser:
         help="the weights' dtype (default float32)",
     )
     t.add_argument(
-        "--grad-clip", type=float, default=None, help="clip the gradient norm to this (0: off)"
+        "--grad-clip",
+        type=nonneg_float,
+        default=None,
+        help="clip the gradient norm to this (default 0: off)",
     )
     t.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=nonneg_int,
         default=None,
         metavar="STEPS",
-        help="also save the training state every STEPS steps (default: epoch ends, and every "
-        "--checkpoint-minutes); --resume continues exactly from the last one",
+        help="also save the training state every STEPS steps (default 0: only at epoch ends, "
+        "every --checkpoint-minutes, and on Ctrl-C)",
     )
     t.add_argument(
         "--checkpoint-minutes",
-        type=float,
+        type=nonneg_float,
         default=None,
         metavar="MIN",
         help="save the training state at least every MIN minutes within an epoch (default 5; 0: off)",
     )
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(t)
     _add_model_flags(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="NLL (nats) and bits/dim of a checkpoint on a data split")
+    e = sub.add_parser(
+        "eval",
+        help="NLL (nats) and bits/dim of a checkpoint on a data split",
+        description="Exact test NLL of a checkpoint: nats per image (with its standard error) "
+        "and bits per dimension.",
+        formatter_class=_Help,
+    )
     e.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
     e.add_argument(
         "--data", default=None, help="data set (default: the one the run was trained on)"
     )
-    e.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split")
+    e.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
     e.add_argument("--json", default=None, help="also write the figures to this JSON file")
     _add_data_dir(e)
+    _add_quiet(e)
     e.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("sample", help="draw images from a checkpoint into a PNG grid")
+    s = sub.add_parser(
+        "sample",
+        help="draw images from a checkpoint into a PNG grid",
+        description=f"Draw new images (ancestral sampling, {SAMPLE_BATCH} at a time) into a PNG "
+        f"grid of at most {MAX_GRID}, and optionally all of them into an .npz.",
+        formatter_class=_Help,
+    )
     s.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
-    s.add_argument("--n", type=int, default=64, help="number of images")
-    s.add_argument("--out", default=None, help="PNG file (default: RUN_DIR/samples.png)")
+    s.add_argument("--n", type=positive_int, default=64, help="number of images")
+    s.add_argument("--out", default=None, help="PNG file (default: RUN_DIR/samples-nN-seedS.png)")
     s.add_argument("--npz", default=None, help="also save the raw samples to this .npz")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=nonneg_int, default=0, help="seed of the draw")
+    _add_quiet(s)
     s.set_defaults(func=cmd_sample)
 
     cp = sub.add_parser(
         "complete",
         help="complete occluded images into a PNG grid (originals, occluded inputs, completions)",
+        description="Hide part of some images and let the model draw the hidden part: exact "
+        "draws from p(hidden | visible) when the visible part is a prefix of the model's ordering.",
+        formatter_class=_Help,
     )
     cp.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
     cp.add_argument(
         "--data", default=None, help="data set (default: the one the run was trained on)"
     )
-    cp.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    cp.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split")
     cp.add_argument(
         "--occlude",
         default="bottom-half",
@@ -897,15 +1339,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="the hidden part: bottom-half (exact in raster order), right-half, or the "
         "rectangle box:x,y,w,h (column, row, width, height); default bottom-half",
     )
-    cp.add_argument("--n", type=int, default=8, help="number of images (the first N of the split)")
-    cp.add_argument("--samples", type=int, default=3, help="completions per image")
-    cp.add_argument("--out", default=None, help="PNG file (default: RUN_DIR/completions.png)")
-    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument(
+        "--n", type=positive_int, default=8, help="number of images, drawn at random with --seed"
+    )
+    cp.add_argument("--samples", type=positive_int, default=3, help="completions per image")
+    cp.add_argument(
+        "--out", default=None, help="PNG file (default: RUN_DIR/completions-OCCLUDE-seedS.png)"
+    )
+    cp.add_argument("--seed", type=nonneg_int, default=0, help="seed of the images and the draws")
     _add_data_dir(cp)
+    _add_quiet(cp)
     cp.set_defaults(func=cmd_complete)
 
-    q = sub.add_parser("params", help="exact parameter counts of every model for an image shape")
-    q.add_argument("--shape", default="1x28x28", help="CxHxW (default 1x28x28)")
+    q = sub.add_parser(
+        "params",
+        help="exact parameter counts of every model for an image shape",
+        description="Exact parameter counts (Python ints, printed in full: 2^784 - 1 has 237 "
+        "digits) of every model, or of one model with its options.",
+        formatter_class=_Help,
+    )
+    q.add_argument("--shape", default="1x28x28", help="CxHxW")
     q.add_argument(
         "--levels", type=int, default=2, help="levels per dimension (2 binary, 256 8-bit; 0: real)"
     )
@@ -917,10 +1370,45 @@ def build_parser() -> argparse.ArgumentParser:
     from chainrule.receptive_field import add_cli_parser as _add_receptive_field_parser
 
     _add_receptive_field_parser(sub)
+    for name, parser in sub.choices.items():  # every command has --quiet and its description
+        if not any(a.dest == "quiet" for a in parser._actions):
+            _add_quiet(parser)
+        if not parser.description:
+            parser.description = next(
+                (a.help for a in sub._choices_actions if a.dest == name), None
+            )
     return p
 
 
+# ---------------------------------------------------------------------- main
+_SIGNAL: dict[str, int] = {}
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM: stop like Ctrl-C (clean-up runs, temporary files are removed)."""
+    _SIGNAL["signum"] = signum
+    raise KeyboardInterrupt
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def _one_line(e: BaseException) -> str:
+    from chainrule.outputs import _describe_oserror
+
+    if isinstance(e, OSError) and e.filename:
+        return _describe_oserror(e, Path(e.filename)) if e.errno else f"{e.strerror}: {e.filename}"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return " ".join(lines[:2]) if lines else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    import threading
+
     from chainrule.train import TrainingError
 
     parser = build_parser()
@@ -928,23 +1416,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    outputs.QUIET = bool(getattr(args, "quiet", False))
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    _SIGNAL.clear()
+    from chainrule.distributed import env_rank
+
+    rank = env_rank() if os.environ.get("RANK", "0").isdigit() else 0
+    who = f"chainrule {args.command}" + (f" (rank {rank})" if rank else "")
     try:
         return args.func(args)
-    except (UserError, ValueError, TrainingError, FileNotFoundError, PermissionError) as e:
-        msg = (
-            str(e)
-            if not isinstance(e, (FileNotFoundError, PermissionError)) or not e.filename
-            else f"{e.strerror}: {e.filename}"
+    except (UserError, ValueError, TrainingError, OSError) as e:
+        print(f"{who}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as e:
+        if not _is_out_of_memory(e):
+            raise  # a bug of ours: the traceback is what a report needs
+        print(
+            f"{who}: error: out of memory ({_one_line(e)[:160]}); try a smaller --batch-size or --n",
+            file=sys.stderr,
         )
-        from chainrule.distributed import env_rank
-
-        rank = env_rank() if os.environ.get("RANK", "0").isdigit() else 0
-        who = f"chainrule {args.command}" + (f" (rank {rank})" if rank else "")
-        print(f"{who}: error: {msg}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"chainrule {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{who}: interrupted; nothing was left half-written", file=sys.stderr)
+        return 128 + _SIGNAL.get("signum", signal.SIGINT)
+    finally:
+        outputs.QUIET = False
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,17 @@ from .models.base import AutoregressiveModel
 
 
 def check_compatible(
-    model: AutoregressiveModel, event_shape, data_levels: int, data_name: str = "data"
+    model: AutoregressiveModel,
+    event_shape,
+    data_levels: int,
+    data_name: str = "data",
+    *,
+    binarize_hint: str = "--data NAME:binarize",
 ) -> None:
-    """Raise ValueError when data of this shape and number of levels cannot feed the model."""
+    """Raise ValueError when data of this shape and number of levels cannot feed the model.
+
+    ``binarize_hint`` is the command-line form suggested when 8-bit data meets a binary model
+    (e.g. ``--ood notmnist:binarize`` for an out-of-distribution set)."""
     if tuple(event_shape) != tuple(model.event_shape):
         c, h, w = event_shape
         mc, mh, mw = model.event_shape
@@ -30,7 +38,7 @@ def check_compatible(
     if model.levels is not None and model.levels != data_levels:
         raise ValueError(
             f"{data_name} has {data_levels} levels but the model was built for levels={model.levels}"
-            + (" (binarize the data, e.g. --data NAME:binarize)" if model.levels == 2 else "")
+            + (f" (binarize the data, e.g. {binarize_hint})" if model.levels == 2 else "")
         )
 
 
@@ -62,16 +70,22 @@ def per_image_nll(
     batch_size: int = 256,
     seed: int = 0,
     progress: bool = False,
+    desc: str = "NLL",
 ) -> Tensor:
-    """-log p(x) in nats for every image, ``(N,)`` float64 (discrete-equivalent for real models)."""
-    from tqdm import tqdm
+    """-log p(x) in nats for every image, ``(N,)`` float64 (discrete-equivalent for real models).
+
+    ``progress=True`` shows a bar (``desc``) on a terminal only, never under ``--quiet``
+    (:func:`chainrule.outputs.progress`); ``False`` shows nothing."""
+    from . import outputs
 
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(seed)
     out = []
     starts = range(0, len(x), batch_size)
-    for i in tqdm(starts, desc="eval", leave=False, disable=not progress):
+    if progress:
+        starts = outputs.progress(starts, desc=desc, total=len(starts))
+    for i in starts:
         xb = to_model_input(model, x[i : i + batch_size], data_levels, g)
         out.append(-model.log_prob(xb).double().cpu())
     model.train(was_training)

@@ -3,6 +3,9 @@
 Grids are drawn with NumPy and Pillow (pixel-exact, nearest-neighbour upscaling); curves and
 histograms with matplotlib's Agg backend (no screen needed). All functions return the path
 written.
+
+Every file goes through :mod:`chainrule.outputs` (rendered in memory, then written atomically):
+a full disk or an interruption never leaves a truncated PNG nor replaces a good one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from . import outputs
 
 #: colours shared by every plot
 TRAIN_COLOUR = "#1f77b4"
@@ -43,16 +48,32 @@ def image_grid(x: Tensor, levels: int | None, nrow: int | None = None, pad: int 
     return grid
 
 
+def _make_parent(path: Path) -> None:
+    """Create the folder of ``path`` if needed; an :class:`~chainrule.outputs.OutputError`
+    (one line) when it cannot be (a part of the path is a file, no permission, ...)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        for up in [parent, *parent.parents]:
+            if up.exists() and not up.is_dir():
+                raise outputs.OutputError(
+                    f"cannot write {path}: {up} is a file, not a folder"
+                ) from None
+        raise outputs.OutputError(
+            f"cannot write {path}: cannot create folder {parent}: {e.strerror or e}"
+        ) from None
+
+
 def save_image(arr: np.ndarray, path: str | Path, min_size: int = 256) -> Path:
     """Save an ``(H, W, 3)`` uint8 array, upscaled by an integer factor to at least ``min_size``."""
     from PIL import Image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     factor = max(1, int(math.ceil(min_size / max(arr.shape[:2]))))
     img = Image.fromarray(arr).resize((arr.shape[1] * factor, arr.shape[0] * factor), Image.NEAREST)
-    img.save(path)
-    return path
+    return outputs.save_pil(img, path)
 
 
 def sample_grid(x: Tensor, levels: int | None, path: str | Path, nrow: int | None = None) -> Path:
@@ -81,10 +102,7 @@ def training_curve(metrics: list[dict], path: str | Path, title: str = "") -> Pa
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _write_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- anomaly detection pictures
@@ -108,14 +126,20 @@ def _pyplot():
     return plt
 
 
-def _save_figure(fig, path: str | Path) -> Path:
+def _write_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` atomically (its folder made if needed) and close it, written or not."""
     plt = _pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _make_parent(path)
+        return outputs.save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _save_figure(fig, path: str | Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _write_figure(fig, path)
 
 
 def pixel_nll_maps(
@@ -171,11 +195,7 @@ def pixel_nll_maps(
     bar = fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.05, pad=0.02)
     bar.set_label("nats", fontsize=8)
     bar.ax.tick_params(labelsize=7)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _write_figure(fig, path)
 
 
 def score_histogram(

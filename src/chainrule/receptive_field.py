@@ -23,7 +23,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from . import outputs
 from .models.base import AutoregressiveModel
+from .plots import _make_parent
+
+#: the largest side, in pixels, of a receptive-field PNG (a bigger --scale is refused up front)
+MAX_PNG_SIDE = 16384
 
 
 def _check_target(
@@ -134,12 +139,11 @@ def save_receptive_field_png(
                     rgb = (0, 0, 0)
                 img[r, k * (w + gap) + col] = torch.tensor(rgb, dtype=torch.uint8)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     im = Image.fromarray(img.numpy(), "RGB").resize(
         (img.shape[1] * scale, h * scale), Image.NEAREST
     )
-    im.save(path)
-    return path
+    return outputs.save_pil(im, path)
 
 
 # ---------------------------------------------------------------------- command line
@@ -181,6 +185,21 @@ def cmd_receptive_field(args) -> int:
 
     if (args.model is None) == (args.checkpoint is None):
         raise UserError("give exactly one of --model NAME or --checkpoint RUN_DIR")
+    # everything that needs no model is checked first, the output path included
+    if args.samples < 1:
+        raise UserError(f"--samples must be a positive int, got {args.samples}")
+    if args.scale < 1:
+        raise UserError(f"--scale must be a positive int (PNG pixels per pixel), got {args.scale}")
+    pixel = None
+    if args.pixel is not None:
+        try:
+            pixel = tuple(int(v) for v in args.pixel.split(","))
+        except ValueError:
+            raise UserError(f"--pixel must be ROW,COL (e.g. 7,4), got {args.pixel!r}") from None
+        if len(pixel) != 2:
+            raise UserError(f"--pixel must be ROW,COL (e.g. 7,4), got {args.pixel!r}")
+    if args.out is not None:
+        outputs.check_output(args.out, what="PNG")
     if args.checkpoint is not None:
         model = chainrule.load(args.checkpoint)
     else:
@@ -188,26 +207,35 @@ def cmd_receptive_field(args) -> int:
         model = chainrule.build(
             args.model, parse_shape(args.shape), args.levels, **model_options(args)
         )
-    _, h, w = model.event_shape
-    if args.pixel is None:
+    c, h, w = model.event_shape
+    if pixel is None:
         pixel = (h - 1, w // 2)
-    else:
-        try:
-            pixel = tuple(int(v) for v in args.pixel.split(","))
-        except ValueError:
-            raise UserError(f"--pixel must be ROW,COL (e.g. 7,4), got {args.pixel!r}") from None
-        if len(pixel) != 2:
-            raise UserError(f"--pixel must be ROW,COL (e.g. 7,4), got {args.pixel!r}")
+    if not (0 <= pixel[0] < h and 0 <= pixel[1] < w):
+        raise UserError(
+            f"--pixel must lie in the {h} x {w} image (ROW in 0..{h - 1}, COL in 0..{w - 1}), "
+            f"got {args.pixel}"
+        )
+    if not 0 <= args.channel < c:
+        raise UserError(
+            f"--channel must be in 0..{c - 1} for {c}-channel images ({model.name}), "
+            f"got {args.channel}"
+        )
+    side = max(c * (w + 1) - 1, h) * args.scale
+    if side > MAX_PNG_SIDE:
+        raise UserError(
+            f"--scale {args.scale} would make a PNG {side} pixels wide; "
+            f"use at most {MAX_PNG_SIDE // max(c * (w + 1) - 1, h)} for {c}x{h}x{w} images"
+        )
+    out = outputs.check_output(args.out or f"receptive-field-{model.name}.png", what="PNG")
     field = receptive_field(model, pixel, args.channel, samples=args.samples, seed=args.seed)
-    out = Path(args.out or f"receptive-field-{model.name}.png")
     save_receptive_field_png(field, out, pixel, args.channel, scale=args.scale)
     earlier = int(
         sum(
             1
-            for k in range(model.event_shape[0])
+            for k in range(c)
             for r in range(h)
-            for c in range(w)
-            if (r, c, k) < (pixel[0], pixel[1], args.channel)
+            for col in range(w)
+            if (r, col, k) < (pixel[0], pixel[1], args.channel)
         )
     )
     seen = int((field > 0).sum())
@@ -215,5 +243,5 @@ def cmd_receptive_field(args) -> int:
         f"{model.name}: dimension (channel {args.channel}, row {pixel[0]}, col {pixel[1]}) is "
         f"influenced by {seen} of the {earlier} earlier dimensions"
     )
-    print(out)
+    print(f"wrote {out}")
     return 0

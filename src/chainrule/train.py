@@ -75,6 +75,28 @@ class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, unusable run folder); one clear message."""
 
 
+class TrainingInterrupted(Exception):
+    """Ctrl-C (SIGINT) or SIGTERM stopped training; the state was saved where it stopped."""
+
+    def __init__(self, run: Path | None, where: str, signum: int):
+        self.run, self.where, self.signum = run, where, signum
+        super().__init__(f"interrupted at {where}")
+
+
+#: the files of a run folder (what --overwrite replaces; what makes a folder "hold a run")
+RUN_FILES = (
+    "config.json",
+    "state.safetensors",
+    "state.json",
+    "metrics.jsonl",
+    "model.safetensors",
+    "model.json",
+    "result.json",
+    "samples.png",
+    "curve.png",
+)
+
+
 @dataclass
 class TrainConfig:
     """Options of the trainer (the CLI's ``chainrule train`` flags)."""
@@ -102,7 +124,7 @@ class TrainConfig:
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "num_samples", "checkpoint_every"):
             v = getattr(self, name)
-            low = 0 if name in ("epochs", "checkpoint_every") else 1
+            low = 0 if name == "checkpoint_every" else 1
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 kind = "an int >= 0" if low == 0 else "a positive int"
                 raise ValueError(f"{name} must be {kind}, got {v!r}")
@@ -265,9 +287,8 @@ def load_state(
         model.load_state_dict(model_sd)
         _optimizer_from_tensors(opt, tensors, meta["optimizer"])
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrainingError(
-            f"cannot resume from {run}: its state does not match this model: {msg}"
+            f"cannot resume from {run}: its state does not match this model: {_first_reason(e)}"
         ) from None
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
@@ -277,19 +298,78 @@ def load_state(
     return meta, tensors.get("data.order")
 
 
+def _first_reason(e: BaseException) -> str:
+    """The informative part of a (often multi-line) error, on one line: load_state_dict's
+    message starts with a heading ("Error(s) in loading state_dict for NADE:") whose reasons
+    follow on the next lines."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    if len(lines) > 1 and lines[0].endswith(":"):
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        return f"{lines[1]}{more}"
+    return lines[0]
+
+
 def _checkpoint_bytes(model: nn.Module) -> int:
     """Rough bytes one round of checkpoints needs: best model + state (model, 2 moments)."""
     n = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     return 4 * n + (1 << 20)
 
 
-def check_run_folder(out: Path, resume: bool, need_bytes: int = 0) -> None:
-    """Before training starts: refuse to overwrite another run; check that the folder can be
-    written and that the disk has room for the checkpoints (twice, for the atomic renames)."""
-    if not resume and (out / "model.safetensors").exists():
-        raise TrainingError(
-            f"{out} already holds a trained model; choose another --out, or --resume {out}"
+def preflight_run_folder(out: Path, resume: bool, *, overwrite: bool = False) -> list[str]:
+    """The checks of a run folder that change nothing on disk (run before any data is loaded):
+    not a file, not below a file, names the file system accepts, and no run in it unless
+    ``resume`` or ``overwrite``. Returns the run files it holds."""
+    import errno
+    import os
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"run folder {out} is a file, not a folder; choose another --out")
+    for up in out.parents:
+        if up.exists():
+            if not up.is_dir():
+                raise TrainingError(f"cannot make run folder {out}: {up} is a file, not a folder")
+            try:
+                limit = os.pathconf(up, "PC_NAME_MAX")
+            except (OSError, ValueError):
+                limit = 255
+            for part in out.relative_to(up).parts if up != Path(".") else out.parts:
+                if len(os.fsencode(part)) > limit:
+                    raise TrainingError(
+                        f"cannot make run folder {str(out)[:60]}...: the name "
+                        f"{part[:24]}... is too long ({len(os.fsencode(part))} bytes; "
+                        f"this file system allows {limit})"
+                    )
+            if not os.access(up, os.W_OK) and not out.exists():
+                raise TrainingError(
+                    f"cannot make run folder {out}: {os.strerror(errno.EACCES)} in {up}"
+                )
+            break
+    held = [f for f in RUN_FILES if (out / f).exists()] if out.is_dir() else []
+    if not resume and held and not overwrite:
+        kind = (
+            "a finished run (a trained model)"
+            if (out / "result.json").exists()
+            else "an unfinished run (its training state is saved)"
+            if (out / "state.safetensors").exists()
+            else "a run"
         )
+        raise TrainingError(
+            f"{out} already holds {kind}; continue it with --resume {out}, "
+            f"replace it with --overwrite, or choose another --out"
+        )
+    return held
+
+
+def check_run_folder(
+    out: Path, resume: bool, need_bytes: int = 0, *, overwrite: bool = False
+) -> None:
+    """Before training starts: refuse to overwrite another run, finished or not (unless
+    ``overwrite``, which then removes that run's files); check that the folder can be written
+    and that the disk has room for the checkpoints (twice, for the atomic renames)."""
+    held = preflight_run_folder(out, resume, overwrite=overwrite)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -306,6 +386,25 @@ def check_run_folder(out: Path, resume: bool, need_bytes: int = 0) -> None:
             f"not enough free disk space for the run folder {out}: {free / 2**20:.1f} MiB free, "
             f"its checkpoints need about {2 * need_bytes / 2**20:.1f} MiB"
         )
+    if not resume and held:  # --overwrite: the old run goes only once the new one can start
+        for f in held:
+            (out / f).unlink(missing_ok=True)
+
+
+def read_counters(run: Path) -> dict | None:
+    """The counters of ``run``'s training state (epoch, step, seconds, best epoch, why it
+    stopped, ...) read from the state file's header alone; None when there is no state."""
+    path = Path(run) / "state.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        text = read_metadata(path).get("chainrule_state")
+        meta = json.loads(text) if text else json.loads((Path(run) / "state.json").read_text())
+    except (CheckpointError, OSError, json.JSONDecodeError) as e:
+        raise TrainingError(f"cannot resume: {path} is unreadable: {e}") from None
+    if not isinstance(meta, dict):
+        raise TrainingError(f"cannot resume: {path} lacks the training counters")
+    return meta
 
 
 # ---------------------------------------------------------------------- the loop
@@ -330,10 +429,12 @@ class _NLLSum(nn.Module):
         return -self.model.log_prob(x).sum()
 
 
-def _summarize(model, x, levels: int, batch_size: int, d: distributed.Dist, device) -> dict:
+def _summarize(
+    model, x, levels: int, batch_size: int, d: distributed.Dist, device, progress: bool = False
+) -> dict:
     """:func:`summarize`, with the images split over the processes and the sums reduced."""
     if not d.enabled:
-        return summarize(model, x, levels, batch_size=batch_size)
+        return summarize(model, x, levels, batch_size=batch_size, progress=progress)
     shard = x[d.rank :: d.world]
     if len(shard):
         nll = per_image_nll(model, shard, levels, batch_size=batch_size)
@@ -360,6 +461,8 @@ def train(
     *,
     resume: bool = False,
     run_info: dict | None = None,
+    overwrite: bool = False,
+    more_minutes: float | None = None,
 ) -> dict:
     """Train ``model`` on ``splits``; return the result (best valid and test NLL, ...).
 
@@ -372,12 +475,20 @@ def train(
         splits: the data (uint8 images at ``splits.levels``).
         cfg: trainer options.
         out: the run folder (None: keep nothing on disk).
-        resume: continue the run in ``out`` from its last saved state (exactly).
+        resume: continue the run in ``out`` from its last saved state (exactly). A run that
+            had stopped early is continued with its patience re-armed; one that had stopped at
+            its time budget is continued without it (unless ``more_minutes``).
         run_info: extra fields for ``config.json`` (model name and options, data name, ...).
+        overwrite: replace a run that ``out`` already holds (else that is refused).
+        more_minutes: on a resume, train at most this many more minutes.
 
     Returns:
-        dict with ``test_nll_nats``, ``test_bits_per_dim``, ``best_valid_nll``, ``epochs``,
-        ``seconds``, ``num_parameters`` and the paths of what was written.
+        dict with ``test_nll_nats``, ``test_bits_per_dim``, ``best_valid_nll``, ``best_epoch``,
+        ``stop_reason``, ``epochs``, ``seconds`` (both over the whole run, resumes included),
+        ``num_parameters`` and the paths of what was written.
+
+    Raises:
+        TrainingInterrupted: SIGINT or SIGTERM arrived; the state was saved where it stopped.
     """
     cfg.validate()
     if not isinstance(model, AutoregressiveModel):
@@ -387,15 +498,31 @@ def train(
         raise ValueError("resume needs a run folder")
     device = distributed.process_device(resolve_device(cfg.device))
     d = distributed.setup(device)
-    result = _train(
-        model, splits, cfg, Path(out) if out is not None else None, resume, run_info, device, d
-    )
+    run = Path(out) if out is not None else None
+    result = _train(model, splits, cfg, run, resume, run_info, device, d, overwrite, more_minutes)
     distributed.barrier(d)  # every process returns once rank 0 has written the run folder
     return result
 
 
+def train_subset(n_total: int, max_train: int) -> torch.Tensor:
+    """The training images a run with ``--max-train`` uses: drawn at random with seed 0 (data
+    sets are often sorted by class), the same subset whatever the run's seed."""
+    from .outputs import random_subset
+
+    return random_subset(n_total, max_train or None, seed=0)
+
+
 def _train(
-    model, splits: Splits, cfg: TrainConfig, run: Path | None, resume: bool, run_info, device, d
+    model,
+    splits: Splits,
+    cfg: TrainConfig,
+    run: Path | None,
+    resume: bool,
+    run_info,
+    device,
+    d,
+    overwrite: bool = False,
+    more_minutes: float | None = None,
 ) -> dict:
     if cfg.dtype:
         model.to(getattr(torch, cfg.dtype))
@@ -404,18 +531,21 @@ def _train(
     err: TrainingError | None = None
     if run is not None and d.is_main:
         try:
-            check_run_folder(run, resume, 0 if cfg.closed_form else _checkpoint_bytes(model))
+            need = 0 if cfg.closed_form else _checkpoint_bytes(model)
+            check_run_folder(run, resume, need, overwrite=overwrite)
         except TrainingError as e:
             err = e
     if distributed.agree(d, err is not None, device):
         raise err or TrainingError("rank 0 cannot use the run folder (see its message); stopped")
     writer = run if d.is_main else None  # only rank 0 writes
     torch.manual_seed(cfg.seed)
+    say = _log if cfg.progress and d.is_main else (lambda msg: None)
 
-    train_x = splits.train[: cfg.max_train] if cfg.max_train else splits.train
+    subset = train_subset(len(splits.train), cfg.max_train) if cfg.max_train else None
+    train_x = splits.train[subset] if subset is not None else splits.train
     intensities = splits.train_intensities
-    if intensities is not None and cfg.max_train:
-        intensities = intensities[: cfg.max_train]
+    if intensities is not None and subset is not None:
+        intensities = intensities[subset]
     if intensities is not None:
         intensities = (intensities, splits.intensity_levels)
     metrics: list[dict] = []
@@ -436,14 +566,20 @@ def _train(
         }
         atomic_write_json(writer / "config.json", info)
 
-    eval_ = lambda x: _summarize(model, x, splits.levels, cfg.eval_batch_size, d, device)  # noqa: E731
+    def eval_(x, what: str) -> dict:
+        return _summarize(
+            model, x, splits.levels, cfg.eval_batch_size, d, device, cfg.progress and d.is_main
+        )
+
+    stop = {"best_epoch": 1, "stop_reason": "closed form"}
     if cfg.closed_form:
         fit = getattr(model, "fit", None)
         if fit is None:
             raise ValueError(f"model {model.name!r} has no closed-form fit; train it with Adam")
+        say(f"fitting {model.name} by counting over {len(train_x)} images")
         fit(train_x.to(device))
-        valid = eval_(splits.valid)
-        train_nll = eval_(train_x)["nll_nats"]
+        valid = eval_(splits.valid, "valid")
+        train_nll = eval_(train_x, "train")["nll_nats"]
         metrics.append(
             {
                 "epoch": 1,
@@ -457,47 +593,130 @@ def _train(
             save(model, writer)
             _write_metrics(writer, metrics, append=False)
     else:
-        best_valid, epochs_done = _fit(
-            model, splits, cfg, run, writer, resume, train_x, intensities, metrics, start, device, d
+        best_valid, epochs_done, stop, start = _fit(
+            model,
+            splits,
+            cfg,
+            run,
+            writer,
+            resume,
+            train_x,
+            intensities,
+            metrics,
+            start,
+            device,
+            d,
+            more_minutes,
         )
 
-    test = eval_(splits.test)
+    say(
+        f"test: evaluating the best model (epoch {stop['best_epoch']}) on {len(splits.test)} images"
+    )
+    test = eval_(splits.test, "test")
     result = {
         "model": model.name,
         "data": splits.name,
+        "data_caveat": getattr(splits, "caveat", "") or "",
+        "n_train": len(train_x),
         "num_parameters": model.num_parameters(),
         "epochs": epochs_done,
-        "seconds": round(time.perf_counter() - start, 2),
+        "best_epoch": stop["best_epoch"],
+        "stop_reason": stop["stop_reason"],
         "best_valid_nll": best_valid,
         "test_nll_nats": test["nll_nats"],
         "test_nll_stderr": test["nll_stderr"],
         "test_bits_per_dim": test["bits_per_dim"],
         "dequantized": test["dequantized"],
         "device": str(device),
+        "threads": torch.get_num_threads(),
         "processes": d.world,
     }
     if writer is not None:
+        say(f"drawing {cfg.num_samples} samples for samples.png")
         result["files"] = _write_pictures(model, splits, metrics, writer, cfg)
+    result["seconds"] = round(time.perf_counter() - start, 2)  # the whole run, resumes included
+    if writer is not None:
         atomic_write_json(writer / "result.json", result)
     return result
 
 
-def _fit(model, splits, cfg, run, writer, resume, train_x, intensities, metrics, start, device, d):
-    """Adam over the epochs, with step-level checkpoints; returns (best valid, epochs done)."""
+class _StopSignal:
+    """SIGINT / SIGTERM during training: finish the current step, save the state, stop.
+
+    A second Ctrl-C stops at once (the last saved state is kept). Installed only in the main
+    thread (signal handlers can be set nowhere else); the previous handlers come back after.
+    """
+
+    def __init__(self, announce: bool) -> None:
+        self.signum = 0
+        self.announce = announce
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        if self.announce:
+            _log(
+                "\nstopping after this step and saving the training state "
+                "(Ctrl-C again stops at once, keeping the last saved state)"
+            )
+
+
+def _fit(
+    model,
+    splits,
+    cfg,
+    run,
+    writer,
+    resume,
+    train_x,
+    intensities,
+    metrics,
+    start,
+    device,
+    d,
+    more_minutes=None,
+):
+    """Adam over the epochs, with step-level checkpoints.
+
+    Returns (best valid NLL, epochs done, {"best_epoch", "stop_reason"}, start time adjusted
+    so that ``now - start`` is the whole run's training time, resumes included)."""
     from .checkpoint import load as load_checkpoint
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    counters = {
+    counters: dict[str, Any] = {
         "epoch": 0,
         "step": 0,
         "best_valid": math.inf,
+        "best_epoch": 0,
         "bad_epochs": 0,
         "train_sum": 0.0,
         "train_count": 0,
+        "stop_reason": None,
     }
+    say = _log if cfg.progress and d.is_main else (lambda msg: None)
     order = None
     best_state: dict[str, torch.Tensor] | None = None
     fingerprint = {"seed": cfg.seed, "batch_size": cfg.batch_size, "n_train": len(train_x)}
+    budget = 60 * cfg.time_budget_min if cfg.time_budget_min else None  # seconds of the run
     if resume:
         loaded, order = load_state(run, model, opt)
         for k, v in fingerprint.items():
@@ -506,18 +725,29 @@ def _fit(model, splits, cfg, run, writer, resume, train_x, intensities, metrics,
                     f"cannot resume {run}: its state was written with {k}={loaded[k]}, this run has {k}={v}"
                 )
         counters.update({k: loaded[k] for k in counters if k in loaded})
-        start -= float(loaded.get("seconds", 0.0))
-        metrics[:] = _read_metrics(run)[: counters["epoch"]]
+        done_seconds = float(loaded.get("seconds", 0.0))
+        start -= done_seconds
+        metrics[:] = [r for r in _read_metrics(run) if r.get("epoch", 0) <= counters["epoch"]]
         if (run / "model.safetensors").exists():
             best_state = load_checkpoint(run, map_location=device).state_dict()
+        stopped = counters["stop_reason"]
+        if stopped == "early stopping":  # continued on purpose: patience starts again
+            counters["bad_epochs"] = 0
+        if more_minutes is not None:
+            budget = done_seconds + 60 * more_minutes
+        elif stopped == "time budget":  # continued on purpose (more epochs): no budget left
+            budget = None
+        counters["stop_reason"] = None
         distributed.barrier(d)  # everyone has read the state before rank 0 may overwrite it
-        if d.is_main:
-            where = (
-                f"epoch {counters['epoch'] + 1}, step {counters['step']}"
-                if counters["step"]
-                else f"the end of epoch {counters['epoch']}"
-            )
-            _log(f"resuming {run} at {where} (best valid NLL {counters['best_valid']:.3f})")
+        where = (
+            f"epoch {counters['epoch'] + 1}, step {counters['step']}"
+            if counters["step"]
+            else f"the end of epoch {counters['epoch']}"
+        )
+        say(
+            f"resuming {run} at {where} after {done_seconds / 60:.1f} min "
+            f"(best valid NLL {counters['best_valid']:.3f} at epoch {counters['best_epoch']})"
+        )
     elif writer is not None:
         _write_metrics(writer, [], append=False)
         if all(
@@ -533,65 +763,137 @@ def _fit(model, splits, cfg, run, writer, resume, train_x, intensities, metrics,
         net = DistributedDataParallel(_NLLSum(model), device_ids=ids)
     offset = nll_offset(model, splits.levels)
     epochs_done = counters["epoch"]
-    for epoch in range(counters["epoch"], cfg.epochs):
-        if cfg.patience and counters["bad_epochs"] >= cfg.patience:
-            break
-        over = bool(cfg.time_budget_min) and time.perf_counter() - start > 60 * cfg.time_budget_min
-        if distributed.broadcast_flag(d, over, device):
-            if d.is_main:
-                _log(f"time budget of {cfg.time_budget_min} min reached after {epoch} epochs")
-            break
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(cfg, epoch)
-        train_nll = _train_epoch(
-            model,
-            net,
-            opt,
-            train_x,
-            intensities,
-            splits.levels,
-            cfg,
-            epoch,
-            device,
-            d,
-            writer,
-            counters,
-            fingerprint,
-            order if counters["step"] else None,
-            start,
-        )
-        order = None
-        train_nll += offset
-        valid = _summarize(model, splits.valid, splits.levels, cfg.eval_batch_size, d, device)
-        improved = valid["nll_nats"] < counters["best_valid"]
-        counters["best_valid"] = min(counters["best_valid"], valid["nll_nats"])
-        counters["bad_epochs"] = 0 if improved else counters["bad_epochs"] + 1
-        counters.update(epoch=epoch + 1, step=0, train_sum=0.0, train_count=0)
-        epochs_done = epoch + 1
-        row = {
-            "epoch": epoch + 1,
-            "train_nll": train_nll,
-            "valid_nll": valid["nll_nats"],
-            "valid_bits_per_dim": valid["bits_per_dim"],
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - start,
-        }
-        metrics.append(row)
-        if improved:
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if d.is_main:
-            _log(
-                f"epoch {epoch + 1:3d}  train {train_nll:9.3f}  valid {valid['nll_nats']:9.3f} nats"
-                f"  ({valid['bits_per_dim']:.4f} bits/dim){'  *' if improved else ''}"
-            )
+
+    def over_budget() -> bool:
+        return budget is not None and time.perf_counter() - start > budget
+
+    def checkpoint(order_now=None) -> None:
         if writer is not None:
+            seconds = time.perf_counter() - start
+            save_state(
+                writer, model, opt, {**counters, **fingerprint, "seconds": seconds}, order_now
+            )
+
+    stop_reason = "epochs"
+    with _StopSignal(announce=d.is_main) as signal_flag:
+        for epoch in range(counters["epoch"], cfg.epochs):
+            if cfg.patience and counters["bad_epochs"] >= cfg.patience:
+                stop_reason = "early stopping"
+                say(
+                    f"early stopping: no better valid NLL in {cfg.patience} epochs; "
+                    f"keeping the weights of epoch {counters['best_epoch']}"
+                )
+                break
+            if distributed.broadcast_flag(d, over_budget(), device):
+                stop_reason = "time budget"
+                say(f"time budget of {budget / 60:g} min reached after {epoch} epochs")
+                break
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(cfg, epoch)
+            train_nll, why, done, n_batches, order_now = _train_epoch(
+                model,
+                net,
+                opt,
+                train_x,
+                intensities,
+                splits.levels,
+                cfg,
+                epoch,
+                device,
+                d,
+                writer,
+                counters,
+                fingerprint,
+                order if counters["step"] else None,
+                start,
+                over_budget,
+                signal_flag,
+            )
+            order = None
+            train_nll += offset
+            if why == "interrupted":  # mid-epoch: save exactly where it stopped, then stop
+                checkpoint(order_now)
+                raise TrainingInterrupted(
+                    run, f"epoch {epoch + 1}, step {done} of {n_batches}", signal_flag.signum
+                )
+            valid = _summarize(
+                model,
+                splits.valid,
+                splits.levels,
+                cfg.eval_batch_size,
+                d,
+                device,
+                cfg.progress and d.is_main,
+            )
+            improved = valid["nll_nats"] < counters["best_valid"]
+            partial = why == "time budget"  # stopped within the epoch: it continues on resume
+            at = round(epoch + done / n_batches, 3) if partial else epoch + 1
             if improved:
-                save(model, writer)
-            _write_metrics(writer, [row], append=True)
-            save_state(writer, model, opt, {**counters, **fingerprint, "seconds": row["seconds"]})
+                counters.update(best_valid=valid["nll_nats"], best_epoch=at)
+            if not partial:
+                counters["bad_epochs"] = 0 if improved else counters["bad_epochs"] + 1
+                counters.update(epoch=epoch + 1, step=0, train_sum=0.0, train_count=0)
+                epochs_done = epoch + 1
+            row = {
+                "epoch": at,
+                "train_nll": train_nll,
+                "valid_nll": valid["nll_nats"],
+                "valid_bits_per_dim": valid["bits_per_dim"],
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - start,
+                **({"partial": True} if partial else {}),
+            }
+            metrics.append(row)
+            if improved:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            epoch_name = f"{epoch + 1:3d}" if not partial else f"{at:g} (partial)"
+            say(
+                f"epoch {epoch_name}  train {train_nll:9.3f}  valid {valid['nll_nats']:9.3f} nats"
+                f"  ({valid['bits_per_dim']:.4f} bits/dim)  {row['seconds']:7.1f} s"
+                f"{'  *' if improved else ''}"
+            )
+            # why the run stops here, if it does: recorded in this checkpoint (for --resume)
+            if partial:
+                ending = "time budget"
+            elif epoch + 1 >= cfg.epochs:
+                ending = "epochs"
+            elif cfg.patience and counters["bad_epochs"] >= cfg.patience:
+                ending = "early stopping"
+            elif distributed.broadcast_flag(d, over_budget(), device):
+                ending = "time budget"
+            else:
+                ending = None
+            counters["stop_reason"] = ending
+            if writer is not None:
+                if improved:
+                    save(model, writer)
+                _write_metrics(writer, [row], append=True)
+            checkpoint(order_now if partial else None)
+            if ending is not None:
+                stop_reason = ending
+                if ending == "time budget":
+                    where = f"within epoch {epoch + 1}" if partial else f"after {epoch + 1} epochs"
+                    say(f"time budget of {budget / 60:g} min reached {where}")
+                elif ending == "early stopping":
+                    say(
+                        f"early stopping: no better valid NLL in {cfg.patience} epochs; "
+                        f"keeping the weights of epoch {counters['best_epoch']:g}"
+                    )
+                break
+            if distributed.broadcast_flag(d, bool(signal_flag.signum), device):
+                raise TrainingInterrupted(
+                    run, f"the end of epoch {epoch + 1}", signal_flag.signum or 2
+                )
+        if signal_flag.signum:  # it came during the last epoch's evaluation
+            raise TrainingInterrupted(run, f"the end of epoch {epochs_done}", signal_flag.signum)
+    if counters["stop_reason"] != stop_reason:  # record why the run stopped (for --resume)
+        counters["stop_reason"] = stop_reason
+        if writer is not None and counters["step"] == 0:
+            checkpoint()
     if best_state is not None:
         model.load_state_dict(best_state)
-    return counters["best_valid"], epochs_done
+    stop = {"best_epoch": counters["best_epoch"], "stop_reason": stop_reason}
+    return counters["best_valid"], epochs_done, stop, start
 
 
 def _train_epoch(
@@ -610,12 +912,19 @@ def _train_epoch(
     fingerprint: dict,
     saved_order,
     start: float,
-) -> float:
-    """One epoch from step ``counters['step']``; returns the epoch's mean train NLL (nats).
+    over_budget=lambda: False,
+    signal_flag=None,
+):
+    """One epoch from step ``counters['step']``.
+
+    Returns (mean train NLL in nats, why it stopped early or None, steps done, steps in the
+    epoch, the epoch's data order). It stops after the current step when the time budget is
+    spent or a signal arrived (every process agrees, through the step's all-reduce); the
+    counters then say where.
 
     Global batch ``b`` is ``order[b*B:(b+1)*B]``; this process takes ``[rank::world]`` of it.
     """
-    from tqdm import tqdm
+    from .outputs import progress
 
     model.train()
     order = torch.randperm(len(train_x), generator=_epoch_generator(cfg.seed, epoch, 0))
@@ -634,21 +943,21 @@ def _train_epoch(
         raise TrainingError(
             f"cannot resume: saved step {first} is outside this epoch's {n_batches} steps"
         )
-    show = cfg.progress and d.is_main and sys.stderr.isatty()
-    bar = tqdm(
-        range(first, n_batches),
-        desc=f"epoch {epoch + 1}",
-        leave=False,
-        disable=not show,
-        initial=first,
-        total=n_batches,
+    show = cfg.progress and d.is_main
+    steps = range(first, n_batches)
+    bar = (
+        progress(steps, desc=f"epoch {epoch + 1}", initial=first, total=n_batches)
+        if show
+        else steps
     )
+    plain = show and bar is steps  # no terminal: a plain line every minute instead of a bar
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         if cfg.bf16
         else contextlib.nullcontext()
     )
-    last_save = time.perf_counter()
+    last_save = last_line = time.perf_counter()
+    why, done = None, first
     for b in bar:
         idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
         mine = idx[d.rank :: d.world]
@@ -662,10 +971,18 @@ def _train_epoch(
             local = to_model_input(model, train_x[mine], levels)
         with autocast:
             nll_sum = net(local) if d.enabled else -model.log_prob(local).sum()
-        # every process learns the global batch's loss before anyone steps
-        s, n = distributed.all_sum(
+        # every process learns the global batch's loss (and whether to stop) before anyone steps
+        stop_here = [
+            float(bool(signal_flag and signal_flag.signum)),
+            float(over_budget()),
+        ]
+        s, n, sig, late = distributed.all_sum(
             d,
-            [nll_sum.detach().double().item() if weight else 0.0, float(len(idx)) / d.world],
+            [
+                nll_sum.detach().double().item() if weight else 0.0,
+                float(len(idx)) / d.world,
+                *stop_here,
+            ],
             device,
         )
         if not math.isfinite(s):
@@ -680,25 +997,36 @@ def _train_epoch(
         opt.step()
         total += s
         count += len(idx)
-        bar.set_postfix(nll=f"{total / count:.2f}")
+        if bar is not steps:
+            bar.set_postfix(nll=f"{total / count:.2f}")
         done = b + 1
+        if done < n_batches and (sig or late):
+            why = "interrupted" if sig else "time budget"
+            counters.update(step=done, train_sum=total, train_count=count)
+            break
+        now = time.perf_counter()
+        if plain and now - last_line >= 60:
+            _log(
+                f"  epoch {epoch + 1}: step {done}/{n_batches}, train NLL {total / count:.3f} "
+                f"({(now - start) / 60:.1f} min)"
+            )
+            last_line = now
         if writer is not None and done < n_batches:
             by_steps = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
-            by_time = (
-                cfg.checkpoint_minutes
-                and time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes
-            )
+            by_time = cfg.checkpoint_minutes and now - last_save >= 60 * cfg.checkpoint_minutes
             if by_steps or by_time:
                 counters.update(step=done, train_sum=total, train_count=count)
                 save_state(
                     writer,
                     model,
                     opt,
-                    {**counters, **fingerprint, "seconds": time.perf_counter() - start},
+                    {**counters, **fingerprint, "seconds": now - start},
                     order,
                 )
                 last_save = time.perf_counter()
-    return total / count
+    if hasattr(bar, "close"):
+        bar.close()
+    return total / max(count, 1), why, done, n_batches, order
 
 
 def _write_metrics(run: Path, rows: list[dict], append: bool) -> None:
@@ -727,7 +1055,8 @@ def _write_pictures(
     samples = model.sample(cfg.num_samples, generator=g)
     files.append(str(sample_grid(samples, model.levels, run / "samples.png")))
     if metrics:
-        title = f"{model.name} on {splits.name}"
+        caveat = getattr(splits, "caveat", "")
+        title = f"{model.name} on {splits.name}" + (f"\n({caveat})" if caveat else "")
         files.append(str(training_curve(metrics, run / "curve.png", title)))
     return files
 
@@ -737,12 +1066,36 @@ def describe_result(result: dict, dim: int) -> str:
     deq = " (discrete-equivalent: dequantized, + D ln K)" if result.get("dequantized") else ""
     procs = result.get("processes", 1)
     where = f"{result['device']}" + (f" x {procs} processes" if procs > 1 else "")
-    return (
+    threads = f", {result['threads']} threads" if result.get("threads") else ""
+    best = result.get("best_epoch")
+    why = {
+        "early stopping": "stopped early (no better valid NLL within the patience)",
+        "time budget": "stopped by the time budget",
+        "epochs": "all epochs done",
+        "closed form": "fitted by counting",
+    }.get(result.get("stop_reason") or "", "")
+    lines = [
         f"test NLL: {result['test_nll_nats']:.3f} nats per image (+/- {result['test_nll_stderr']:.3f}), "
-        f"{result['test_bits_per_dim']:.4f} bits/dim{deq}\n"
+        f"{result['test_bits_per_dim']:.4f} bits/dim{deq}"
+        + (
+            f", weights of epoch {best:g} (best valid NLL {result['best_valid_nll']:.3f})"
+            if best
+            else ""
+        ),
         f"model {result['model']} ({result['num_parameters']:,} parameters) on {result['data']}, "
-        f"{result['epochs']} epochs in {result['seconds']:.1f} s on {where}"
-    )
+        f"{result['epochs']} epochs in {result['seconds']:.1f} s on {where}{threads}"
+        + (f"; {why}" if why else ""),
+    ]
+    if result.get("data_caveat"):
+        lines.append(f"note: {result['data_caveat']}")
+    return "\n".join(lines)
 
 
-__all__ = ["TrainConfig", "TrainingError", "train", "describe_result", "bits_per_dim"]
+__all__ = [
+    "TrainConfig",
+    "TrainingError",
+    "TrainingInterrupted",
+    "train",
+    "describe_result",
+    "bits_per_dim",
+]
