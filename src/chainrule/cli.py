@@ -318,16 +318,8 @@ def _info(msg: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import chainrule
-    from chainrule.data import load_dataset
     from chainrule.models import model_class
-    from chainrule.train import (
-        TrainConfig,
-        TrainingInterrupted,
-        describe_result,
-        preflight_run_folder,
-        train,
-    )
+    from chainrule.train import TrainConfig, preflight_run_folder
 
     resume = args.resume is not None
     if resume:
@@ -339,6 +331,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         name = args.model or DEFAULT_MODEL
         data = args.data or DEFAULT_DATA
         data_dir = args.data_dir
+        levels = None  # from the data, once loaded
         options = model_options(args)
         cls = model_class(name)
         defaults = _train_defaults(name)
@@ -369,6 +362,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = Path(args.out) if args.out else _fresh_run_dir(name, data)
         train_cfg.validate()
     preflight_run_folder(run, resume, overwrite=args.overwrite)  # before any data is loaded
+    existed = run.exists()
+    try:
+        return _train_in(args, run, resume, name, options, data, data_dir, levels, train_cfg)
+    except BaseException:
+        # a run that failed before writing anything leaves no empty folder behind
+        if not existed and run.is_dir() and not any(run.iterdir()):
+            run.rmdir()
+        raise
+
+
+def _train_in(args, run, resume, name, options, data, data_dir, levels, train_cfg) -> int:
+    import chainrule
+    from chainrule.data import load_dataset
+    from chainrule.models import model_class
+    from chainrule.train import TrainingInterrupted, describe_result, train
+
     splits = load_dataset(data, data_dir=data_dir)
     if train_cfg.max_train and train_cfg.max_train > len(splits.train):
         raise UserError(
@@ -794,9 +803,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from chainrule.anomaly import SCORE_UNITS, SCORES, detect
+    from chainrule.anomaly import SCORES, detect
     from chainrule.data import load_dataset
-    from chainrule.plots import roc_plot, score_histogram
 
     scores = tuple(t.strip() for t in args.score.split(",") if t.strip()) if args.score else SCORES
     bad = [t for t in scores if t not in SCORES]
@@ -842,8 +850,32 @@ def cmd_detect(args: argparse.Namespace) -> int:
         f"complexity score: NLL in bits minus the {args.compressor.upper()} code length (Serra et al. 2020)"
     )
     print(det.table())
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
+    try:  # the figures first (JSON, CSV), then the pictures
+        files = _write_detection(det, args, model, data, scores, out_dir, json_path)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+    _list_files(files)
+    return 0
+
+
+def _write_detection(det, args, model, data, scores, out_dir: Path, json_path: Path) -> list[Path]:
+    from chainrule.anomaly import SCORE_UNITS
+    from chainrule.plots import roc_plot, score_histogram
+
+    files = [
+        outputs.write_json(
+            json_path, {"checkpoint": str(args.checkpoint), "model": model.name, **det.as_dict()}
+        )
+    ]
+    rows: list[list] = [["set", "index", *scores]]
+    for tag, sc in (("in", det.scores_in), ("ood", det.scores_out)):
+        for i in range(len(sc[scores[0]])):
+            rows.append([tag, i, *(f"{sc[n][i]:.6f}" for n in scores)])
+    files.append(outputs.write_text(out_dir / "scores.csv", _csv_text(rows)))
     for name in scores:
         m = det.metrics[name]
         files.append(
@@ -864,18 +896,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             title=f"{model.name}: {data} vs {args.ood}",
         )
     )
-    rows: list[list] = [["set", "index", *scores]]
-    for tag, sc in (("in", det.scores_in), ("ood", det.scores_out)):
-        for i in range(len(sc[scores[0]])):
-            rows.append([tag, i, *(f"{sc[n][i]:.6f}" for n in scores)])
-    files.append(outputs.write_text(out_dir / "scores.csv", _csv_text(rows)))
-    files.append(
-        outputs.write_json(
-            json_path, {"checkpoint": str(args.checkpoint), "model": model.name, **det.as_dict()}
-        )
-    )
-    _list_files(files)
-    return 0
+    return files
 
 
 def cmd_features(args: argparse.Namespace) -> int:

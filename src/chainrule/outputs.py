@@ -144,16 +144,22 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Any]:
 def save_figure(fig, path: str | os.PathLike, **kw) -> Path:
     """``fig.savefig`` into memory, then an atomic write (no truncated PNG on a full disk)."""
     path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in fig.canvas.get_supported_filetypes():
+        fmt = "png"  # a name without a known picture suffix: PNG
     with atomic_output(path) as f:
-        fig.savefig(f, format=path.suffix.lstrip(".") or "png", **kw)
+        fig.savefig(f, format=fmt, **kw)
     return path
 
 
 def save_pil(img, path: str | os.PathLike) -> Path:
     """``PIL.Image.save`` into memory, then an atomic write."""
+    from PIL import Image
+
     path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")  # unknown suffix: PNG
     with atomic_output(path) as f:
-        img.save(f, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
+        img.save(f, format=fmt)
     return path
 
 

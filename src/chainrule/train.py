@@ -830,7 +830,9 @@ def _fit(
             at = round(epoch + done / n_batches, 3) if partial else epoch + 1
             if improved:
                 counters.update(best_valid=valid["nll_nats"], best_epoch=at)
-            if not partial:
+            if partial:
+                epochs_done = at
+            else:
                 counters["bad_epochs"] = 0 if improved else counters["bad_epochs"] + 1
                 counters.update(epoch=epoch + 1, step=0, train_sum=0.0, train_count=0)
                 epochs_done = epoch + 1
@@ -1083,7 +1085,8 @@ def describe_result(result: dict, dim: int) -> str:
             else ""
         ),
         f"model {result['model']} ({result['num_parameters']:,} parameters) on {result['data']}, "
-        f"{result['epochs']} epochs in {result['seconds']:.1f} s on {where}{threads}"
+        f"{result['epochs']:g} epoch{'s' if result['epochs'] != 1 else ''} in {result['seconds']:.1f} s "
+        f"on {where}{threads}"
         + (f"; {why}" if why else ""),
     ]
     if result.get("data_caveat"):
