@@ -17,7 +17,8 @@ Names (the CLI's ``--data``), with optional forms after a colon:
 ``cifar10``            CIFAR-10 (the python-format archive, read without unpickling code objects;
                        or the JPEG-decoded test-set copy, 8000/1000/1000, *not* comparable with
                        published CIFAR-10 figures).
-``folder:PATH``        every image in a folder (same size), 8-bit, split 80/10/10 (seed 0).
+``folder:PATH``        every image in a folder (same size and kind), split 80/10/10 (seed 0); 8-bit,
+                       or binary for 1-bit images (rules: :func:`_folder`, :data:`FOLDER_RULES`).
 ``npz:PATH``           arrays ``train``/``valid``/``test`` or ``x`` (split 80/10/10).
 =====================  ==========================================================================
 
@@ -25,6 +26,10 @@ Forms for 8-bit data: ``:binarize`` (threshold at 128, fixed), ``:dynamic`` (the
 re-binarized by sampling at every epoch; valid/test are sampled once with a fixed seed),
 ``:levels=K`` (quantized to K levels). Published binarized-MNIST figures use the fixed
 binarization of ``binarized-mnist``; every figure this library writes names the data set used.
+
+Caveats: :attr:`Splits.caveat` says, in a sentence, when figures on a data set are not comparable
+with published ones (a split of a test set, JPEG-decoded images, a reduction to 8 bits, ...);
+"" when there is nothing to say.
 
 Files are looked up in ``--data-dir``, else ``$CHAINRULE_DATA``, else ``~/.cache/chainrule``.
 Nothing is downloaded: a missing data set is one message saying where it was looked for.
@@ -56,6 +61,21 @@ SHA256 = {
 
 DATASETS = ["digits", "binarized-mnist", "mnist", "fashion-mnist", "notmnist", "cifar10"]
 
+#: the caveats (Splits.caveat) of the built-in data sets; "" where there is none
+DIGITS_CAVEAT = "scikit-learn's 8x8 digits (1797 images), a toy set: not comparable with MNIST."
+CIFAR_JPEG_CAVEAT = (
+    "CIFAR-10 here is its 10000 test images decoded from JPEG (with JPEG artefacts) and split "
+    "8000/1000/1000: NOT comparable with published CIFAR-10 bits/dim."
+)
+
+
+def split_test_set_caveat(name: str, n: int, sizes: str) -> str:
+    """The caveat of a data set made by splitting its test set (no training files here)."""
+    return (
+        f"{name} here is its {n}-image test set split {sizes} (seed 0), not the standard "
+        f"training/test split: not comparable with published {name} figures."
+    )
+
 
 class DataError(ValueError):
     """A data set that cannot be found or read (one clear message)."""
@@ -78,6 +98,9 @@ class Splits:
     #: number of grey levels of `train_intensities`
     intensity_levels: int = 256
     notes: str = ""
+    #: one short sentence per caveat the user must hear ("" when there is none): a fixed split
+    #: of a test set, JPEG-decoded images, a reduction to 8 bits... Kept by every form.
+    caveat: str = ""
 
     @property
     def event_shape(self) -> tuple[int, int, int]:
@@ -88,13 +111,19 @@ class Splits:
             raise DataError(f"unknown split {name!r}: use train, valid or test")
         return getattr(self, name)
 
-    def describe(self) -> str:
+    def describe(self, max_train: int | None = None) -> str:
+        """One line: name, shape, levels, split sizes; with ``max_train`` (the trainer's
+        ``--max-train``, 0 or None for all) smaller than the training set, how many training
+        images are used. The caveat is not included: it is :attr:`caveat`."""
         c, h, w = self.event_shape
         kind = {2: "binary"}.get(self.levels, f"{self.levels} levels")
         b = f", {self.binarization} binarization" if self.binarization not in ("none", "") else ""
+        used = ""
+        if max_train and max_train < len(self.train):
+            used = f"; train {max_train} of {len(self.train)} images (--max-train)"
         return (
             f"{self.name}: {c}x{h}x{w}, {kind}{b}; "
-            f"{len(self.train)}/{len(self.valid)}/{len(self.test)} train/valid/test"
+            f"{len(self.train)}/{len(self.valid)}/{len(self.test)} train/valid/test{used}"
         )
 
 
@@ -341,7 +370,14 @@ def _mnist_like(dirs, name: str, subdir: str, compact: str | None) -> Splits:
         raise _missing(name, dirs, wanted)
     xs, ys = _split_fixed(x, y, (1000, 1000) if len(x) >= 5000 else (0.1, 0.1))
     sizes = "/".join(str(len(a)) for a in xs)
-    return _make(name, xs, ys, 256, notes=f"the {len(x)}-image test set split {sizes} (seed 0)")
+    return _make(
+        name,
+        xs,
+        ys,
+        256,
+        notes=f"the {len(x)}-image test set split {sizes} (seed 0)",
+        caveat=split_test_set_caveat(name, len(x), sizes),
+    )
 
 
 def _cifar10(dirs) -> Splits:
@@ -366,36 +402,136 @@ def _cifar10(dirs) -> Splits:
             "CIFAR-10 test images decoded from JPEG, split 8000/1000/1000 (seed 0): "
             "NOT comparable with published CIFAR-10 bits/dim"
         ),
+        caveat=CIFAR_JPEG_CAVEAT,
     )
+
+
+# How ``folder:PATH`` reads each image mode PIL opens (the README may quote this block):
+#
+#   1                        1-bit: binary data, levels 2 (0 and 1)
+#   L, LA                    8-bit grey, levels 256; the alpha of LA is dropped
+#   RGB, RGBA, RGBX, RGBa,   8-bit colour, 3 channels R, G, B, levels 256: alpha dropped (not
+#   P, PA, CMYK, YCbCr       composited), palettes looked up, CMYK and YCbCr converted by PIL
+#   I;16, I;16B, I;16L,      16-bit grey, reduced to 8 bits by v >> 8 (0..255 -> 0, ...,
+#   I;16N, and I with        65280..65535 -> 255; an 8-bit image stored as v * 257 gets its
+#   all values in 0..65535   values back exactly), levels 256; never clipped
+#   F with all values in     float grey, quantized to 8 bits by round(v * 255) (half to even),
+#   [0, 1]                   levels 256
+#   anything else            refused, naming the file, the mode and the values it holds: I
+#                            outside 0..65535, F outside [0, 1] or not finite, LAB, HSV, ...
+#
+# (PIL itself reads a 16-bit colour PNG as 8-bit RGB by its high byte: the same v >> 8.)
+# Only the first frame of an animated or multi-page file is read. Every image in the folder
+# must have the same size and the same kind (1-bit, 8-bit grey, 8-bit colour, 16-bit grey,
+# float grey); the first that differs from the first image (in sorted order) is refused by
+# name, and so is a file that cannot be read. A reduction to 8 bits is stated in the
+# data set's caveat.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_GREY8_MODES = ("L", "LA")
+_COLOUR8_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr")
+_GREY16_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _read_image(f: Path) -> tuple[np.ndarray, str]:
+    """One image file -> (``uint8`` array ``(H, W)`` or ``(H, W, 3)``, its kind), by the
+    rules above; a :class:`DataError` naming the file otherwise."""
+    from PIL import Image
+
+    try:
+        with Image.open(f) as im:
+            mode = im.mode
+            if mode == "1":
+                return np.asarray(im, dtype=np.uint8), "1-bit"
+            if mode in _GREY8_MODES:
+                return np.asarray(im.convert("L")), "8-bit grey"
+            if mode in _COLOUR8_MODES:
+                return np.asarray(im.convert("RGB")), "8-bit colour"
+            if mode not in _GREY16_MODES + ("I", "F"):
+                raise DataError(
+                    f"image {f} has mode {mode}, which is not read: use 1-bit, 8-bit grey or "
+                    f"colour, 16-bit grey, or float grey in [0, 1]"
+                )
+            a = np.asarray(im)
+    except DataError:
+        raise
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, ... on bad files
+        raise DataError(f"cannot read image {f}: {e}".replace("\n", " ")) from None
+    if a.size == 0:
+        raise DataError(f"image {f} is empty ({mode}, shape {a.shape})")
+    if mode == "F":
+        v = a.astype(np.float64)
+        finite = bool(np.isfinite(v).all())
+        lo = float(np.nanmin(v)) if not np.isnan(v).all() else float("nan")
+        hi = float(np.nanmax(v)) if not np.isnan(v).all() else float("nan")
+        if not finite or lo < 0.0 or hi > 1.0:
+            extra = "" if finite else " and NaN or infinite values"
+            raise DataError(
+                f"image {f} is a float (F) image with values in [{lo:g}, {hi:g}]{extra}: only "
+                f"floats in [0, 1] are read (as round(v * 255)); scale it to [0, 1] or save it "
+                f"as 8 or 16 bits"
+            )
+        return np.round(v * 255.0).astype(np.uint8), "float grey"
+    v = a.astype(np.int64)
+    lo, hi = int(v.min()), int(v.max())
+    if lo < 0 or hi > 65535:
+        raise DataError(
+            f"image {f} is a 32-bit integer ({mode}) image with values in {lo}..{hi}: only "
+            f"0..65535 (16-bit) is read (as v >> 8); save it as 8 or 16 bits"
+        )
+    return (v >> 8).astype(np.uint8), "16-bit grey"
 
 
 def _folder(path: Path) -> Splits:
-    from PIL import Image
+    """Every image under ``path`` (sorted, subfolders included), split 80/10/10 (seed 0).
 
+    Each image mode PIL opens is read by its real value range or refused with a
+    :class:`DataError` that names the file (the rules are the comment block above):
+    1-bit -> binary {0, 1} (levels 2); 8-bit grey (L, LA: alpha dropped) and colour (RGB,
+    RGBA, P, ...: alpha dropped, palette looked up) -> as stored, levels 256; 16-bit grey
+    (I;16, I;16B, ..., I within 0..65535) -> v >> 8; float (F) in [0, 1] -> round(v * 255);
+    other 32-bit integer or float images and other modes -> refused. All images must share
+    one size and one kind; the first that differs is refused by name.
+    """
     if not path.is_dir():
         raise DataError(f"folder:{path} is not a folder")
-    files = sorted(
-        p
-        for p in path.rglob("*")
-        if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-    )
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"folder:{path} holds no images (.png, .jpg, ...)")
-    arrays = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                mode = "L" if im.mode in ("1", "L", "LA", "I;16", "I") else "RGB"
-                arrays.append(np.asarray(im.convert(mode)))
-        except OSError as e:
-            raise DataError(f"cannot read image {f}: {e}") from None
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise DataError(
-            f"images in {path} differ in size or colour: {sorted(shapes)[:4]}; resize them to one size"
-        )
-    xs, ys = _split_fixed(np.stack(arrays), None, (0.1, 0.1))
-    return _make(f"folder:{path}", xs, ys, 256)
+    first = files[0]
+    a0, kind = _read_image(first)
+    arrays = [a0]
+    for f in files[1:]:
+        a, k = _read_image(f)
+        if k != kind:
+            raise DataError(
+                f"images in folder:{path} differ in kind: {f} is {k} but {first} is {kind}; "
+                f"convert them to one mode"
+            )
+        if a.shape != a0.shape:
+            raise DataError(
+                f"images in folder:{path} differ in size: {f} is {_size(a)} but {first} is "
+                f"{_size(a0)}; resize them to one size"
+            )
+        arrays.append(a)
+    x = np.stack(arrays)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # (N, C, H, W)
+    xs, ys = _split_fixed(x, None, (0.1, 0.1))
+    caveat = {
+        "16-bit grey": "16-bit images reduced to 8 bits (v >> 8).",
+        "float grey": "float images quantized to 8 bits (round(v * 255)).",
+    }.get(kind, "")
+    return _make(
+        f"folder:{path}",
+        xs,
+        ys,
+        2 if kind == "1-bit" else 256,
+        notes=f"{len(files)} {kind} images",
+        caveat=caveat,
+    )
+
+
+def _size(a: np.ndarray) -> str:
+    return f"{a.shape[1]}x{a.shape[0]} pixels"
 
 
 def _npz(path: Path) -> Splits:
@@ -439,6 +575,7 @@ def _apply_form(s: Splits, form: str, seed: int = 0) -> Splits:
             labels=s.labels,
             binarization="threshold",
             notes=f"threshold at {half}",
+            caveat=s.caveat,
         )
     if form == "dynamic":
         if s.levels == 2:
@@ -460,6 +597,7 @@ def _apply_form(s: Splits, form: str, seed: int = 0) -> Splits:
             train_intensities=s.train,
             intensity_levels=s.levels,
             notes="training set re-binarized by sampling each epoch; valid/test sampled once (seed 0)",
+            caveat=s.caveat,
         )
     if form.startswith("levels="):
         try:
@@ -470,7 +608,12 @@ def _apply_form(s: Splits, form: str, seed: int = 0) -> Splits:
             raise DataError(f"levels={k} must lie in 2..{s.levels} for {s.name}")
         q = [(x.long() * k // s.levels).to(torch.uint8) for x in (s.train, s.valid, s.test)]
         return Splits(
-            f"{s.name}:levels={k}", *q, levels=k, labels=s.labels, notes=f"quantized to {k} levels"
+            f"{s.name}:levels={k}",
+            *q,
+            levels=k,
+            labels=s.labels,
+            notes=f"quantized to {k} levels",
+            caveat=s.caveat,
         )
     raise DataError(f"unknown form {form!r}: use binarize, dynamic or levels=K")
 
@@ -493,7 +636,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Splits
     if base == "digits":
         xs, ys = _digits()
         if form == "levels":
-            return _make("digits:levels", xs, ys, 17, notes="17 grey levels")
+            return _make("digits:levels", xs, ys, 17, notes="17 grey levels", caveat=DIGITS_CAVEAT)
         if form not in ("", "binarize"):
             raise DataError(f"unknown form {form!r} for digits: use digits or digits:levels")
         return _make(
@@ -503,6 +646,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Splits
             2,
             binarization="threshold",
             notes="threshold at 8 of 16",
+            caveat=DIGITS_CAVEAT,
         )
     if base == "binarized-mnist":
         if form:

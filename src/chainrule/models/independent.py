@@ -7,15 +7,24 @@ dimension (level 0 is the reference with logit 0), n(K-1) parameters. The maximu
 fit is closed form: the empirical frequencies (:meth:`IndependentModel.fit`). Orderings do not
 matter to this model (every ordering gives the same joint), and completion is always exact.
 
+Memory: the closed-form fits of this module, :mod:`.markov` and :mod:`.table` count in chunks
+of images (:func:`fit_chunks`, :data:`FIT_CHUNK_VALUES`) into an ``int64`` table the size of the
+model's parameters (:func:`add_counts`), so the extra memory of a fit is the count table plus one
+chunk, whatever the number of images. With K > 2 levels, the log-likelihood looks each pixel's
+log-probability up in the ``(D, K)`` log-softmax of the logits, and sampling works through the
+images a few at a time: neither builds a ``(batch, D, K)`` tensor.
+
 Limits: it cannot represent any correlation between pixels; samples look like noise shaped by
 the mean image.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import draw_uniforms
@@ -53,10 +62,63 @@ def logits_from_counts(counts: Tensor, smoothing: float, levels: int) -> Tensor:
     return logp[..., 1:] - logp[..., :1]
 
 
+#: how many values (images x pixels) a closed-form fit validates and counts at a time: a chunk
+#: holds ``max(1, FIT_CHUNK_VALUES // D)`` images (about 30 MB of temporaries)
+FIT_CHUNK_VALUES = 1 << 20
+
+
+def rows_per_block(row_size: int) -> int:
+    """How many rows of ``row_size`` values make one block of :data:`FIT_CHUNK_VALUES`."""
+    return max(1, FIT_CHUNK_VALUES // max(1, row_size))
+
+
+def chunk_images(dim: int, chunk_size: int | None = None) -> int:
+    """Images per chunk: ``chunk_size`` if given (a positive int), else from
+    :data:`FIT_CHUNK_VALUES`."""
+    if chunk_size is None:
+        return rows_per_block(dim)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int (images), got {chunk_size!r}")
+    return chunk_size
+
+
+def fit_chunks(model: nn.Module, x, chunk_size: int | None = None) -> Iterator[Tensor]:
+    """The images ``x`` as validated chunks (``model.check_images`` of at most ``chunk_size``
+    images each; see :func:`chunk_images`), so that a fit never converts the whole set at once.
+
+    Input that is not a batch of the model's shape is checked whole (and refused by
+    ``check_images`` before anything large is allocated)."""
+    c = chunk_images(model.dim, chunk_size)
+    if (
+        not isinstance(x, Tensor)
+        or x.dim() != 4
+        or tuple(x.shape[1:]) != tuple(model.event_shape)
+        or x.shape[0] <= c
+    ):
+        yield model.check_images(x)
+        return
+    for start in range(0, x.shape[0], c):
+        yield model.check_images(x[start : start + c])
+
+
+def add_counts(counts: Tensor, index: Tensor) -> None:
+    """Add one to ``counts.view(-1)[i]`` for every entry ``i`` of ``index`` (repeats counted),
+    in place and exactly (``int64``). A whole-table ``bincount`` when the index is not much
+    smaller than the table, else ``index_add_`` (memory and time of the index alone)."""
+    flat = counts.view(-1)
+    index = index.reshape(-1)
+    if 4 * index.numel() >= flat.numel():
+        flat += torch.bincount(index, minlength=flat.numel())
+    else:
+        flat.index_add_(0, index, torch.ones_like(index))
+
+
 def empirical_counts(values: Tensor, levels: int) -> Tensor:
-    """``(N, D)`` whole numbers -> ``(D, K)`` counts."""
-    onehot = torch.nn.functional.one_hot(values.long(), levels)
-    return onehot.sum(0).to(torch.float64)
+    """``(N, D)`` whole numbers -> ``(D, K)`` counts (``int64``, exact)."""
+    d = values.shape[1]
+    counts = torch.zeros(d, levels, dtype=torch.int64, device=values.device)
+    add_counts(counts, torch.arange(d, device=values.device) * levels + values.long())
+    return counts
 
 
 @register
@@ -77,20 +139,43 @@ class IndependentModel(OrderedModel):
         full = free_logits_to_full(self.logits[self.order[i]], self.levels)
         return full.unsqueeze(0).expand(xo.shape[0], -1), state
 
+    def _conditional_log_probs(self, x: Tensor) -> Tensor:
+        if self.levels == 2:  # one logit per pixel: (B, D, 1) is no bigger than x
+            return super()._conditional_log_probs(x)
+        # K levels: look log p(x_i) up in the (D, K) table instead of a (B, D, K) log_softmax;
+        # the same numbers, row by row, as Categorical.log_prob on the expanded parameters
+        logp = F.log_softmax(free_logits_to_full(self.logits, self.levels), dim=-1)  # (D, K)
+        idx = x.flatten(1).long().unsqueeze(-1)  # (B, D, 1), flat layout like self.logits
+        out = logp.unsqueeze(0).expand(idx.shape[0], -1, -1).gather(-1, idx)
+        return out.reshape(x.shape)
+
     def _sample(self, n, given, mask, generator, **kwargs):
         # every dimension is independent: draw them all at once
         u = draw_uniforms(n, (self.dim,), generator, device=self._device)
-        params = free_logits_to_full(self.logits, self.levels).unsqueeze(0).expand(n, -1, -1)
-        x = self.head.sample(params, u).reshape(n, *self.event_shape)
+        full = free_logits_to_full(self.logits, self.levels)  # (D, P)
+        if self.levels == 2:
+            x = self.head.sample(full.unsqueeze(0).expand(n, -1, -1), u)
+        else:
+            # Categorical.sample, with the (D, K) cdf computed once and the comparison done a
+            # few images at a time (no (n, D, K) float64 tensor); the same draws bit for bit
+            cdf = torch.softmax(full.to(torch.float64), dim=-1).cumsum(-1)[:, :-1]  # (D, K-1)
+            step = rows_per_block(cdf.numel())
+            x = torch.cat(
+                [(cdf <= u[i : i + step].unsqueeze(-1)).sum(-1) for i in range(0, n, step)]
+            ).to(full.dtype)
+        x = x.reshape(n, *self.event_shape)
         if given is not None:
             x = torch.where(mask, given, x)
         return x
 
     @torch.no_grad()
-    def fit(self, x: Tensor) -> IndependentModel:
+    def fit(self, x: Tensor, chunk_size: int | None = None) -> IndependentModel:
         """Closed-form maximum-likelihood fit (with the config's smoothing): the empirical
-        frequency of each level at each pixel. Returns ``self``."""
-        x = self.check_images(x)
-        counts = empirical_counts(x.flatten(1), self.levels)
+        frequency of each level at each pixel. Counts ``chunk_size`` images at a time (default:
+        :data:`FIT_CHUNK_VALUES` values); the result does not depend on it. Returns ``self``."""
+        counts = torch.zeros(self.dim, self.levels, dtype=torch.int64, device=self._device)
+        offsets = torch.arange(self.dim, device=self._device) * self.levels
+        for xc in fit_chunks(self, x, chunk_size):
+            add_counts(counts, offsets + xc.flatten(1).long())
         self.logits.copy_(logits_from_counts(counts, self.config.smoothing, self.levels))
         return self

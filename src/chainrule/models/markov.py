@@ -10,6 +10,11 @@ parameters; in general sum_i (K-1) K^min(i, k). The maximum-likelihood fit is cl
 Limits: the chain only sees the k pixels just before in the ordering. In raster order with
 k = 1 that is the pixel to the left (or the end of the previous row), so vertical structure is
 invisible; the table grows as K^k and is refused when it would not fit in memory.
+
+Memory: the fit counts in chunks of images into an ``int64`` table of the parameters' size
+(see :mod:`.independent`). With K > 2 levels and a batch of at least K^k images, the
+log-likelihood looks each step's log-probability up in the log-softmax of the whole table
+rather than building a ``(batch, D, K)`` tensor; smaller batches gather their rows as before.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..orderings import check_ordering_spec
-from .independent import free_logits_to_full, logits_from_counts
+from .independent import (
+    add_counts,
+    fit_chunks,
+    free_logits_to_full,
+    logits_from_counts,
+    rows_per_block,
+)
 from .ordered import OrderedModel, check_table_size
 from .registry import register
 
@@ -95,6 +106,18 @@ class MarkovModel(OrderedModel):
         free = table[steps.unsqueeze(0), ctx]  # (B, D, K-1)
         return free_logits_to_full(free, self.levels)
 
+    def _conditional_log_probs(self, x: Tensor) -> Tensor:
+        K, k, d = self.levels, self.k, self.dim
+        if K == 2 or x.shape[0] < K**k:  # (B, D, K) is no bigger than the table
+            return super()._conditional_log_probs(x)
+        xo = self.to_ordered(x)
+        # log p of every (step, context, level), then one lookup per value: the same numbers
+        # as Categorical.log_prob on the gathered rows, without a (B, D, K) tensor
+        logp = F.log_softmax(free_logits_to_full(self._table(), K), dim=-1)  # (D, K^k, K)
+        steps = torch.arange(d, device=xo.device).unsqueeze(0) * K**k
+        flat = (steps + self._contexts(xo)) * K + xo.long()  # (B, D)
+        return self.from_ordered(logp.reshape(-1)[flat])
+
     def _step_params(self, xo, i, state):
         k = min(self.k, i)
         prev = xo[:, i - k : i].long().flip(-1) if k else xo[:, :0].long()
@@ -103,16 +126,24 @@ class MarkovModel(OrderedModel):
         return free_logits_to_full(free, self.levels), state
 
     @torch.no_grad()
-    def fit(self, x: Tensor) -> MarkovModel:
-        """Closed-form fit: smoothed transition frequencies. Returns ``self``."""
-        x = self.check_images(x)
-        xo = self.to_ordered(x)
+    def fit(self, x: Tensor, chunk_size: int | None = None) -> MarkovModel:
+        """Closed-form fit: smoothed transition frequencies. Counts ``chunk_size`` images at a
+        time (default from ``FIT_CHUNK_VALUES``); the result does not depend on it. Returns
+        ``self``."""
         K, k, d = self.levels, self.k, self.dim
-        ctx = self._contexts(xo)  # (N, D)
-        flat = (torch.arange(d).unsqueeze(0) * K**k + ctx) * K + xo.long()  # (N, D)
-        counts = torch.bincount(flat.reshape(-1), minlength=d * K**k * K).reshape(d, K**k, K)
-        logits = logits_from_counts(counts, self.config.smoothing, K)
-        for i in range(k):
-            self.first_logits[i].copy_(logits[i, : K**i])
-        self.logits.copy_(logits[k:])
+        device = self._device
+        counts = torch.zeros(d, K**k, K, dtype=torch.int64, device=device)
+        steps = torch.arange(d, device=device).unsqueeze(0) * K**k
+        for xc in fit_chunks(self, x, chunk_size):
+            xo = self.to_ordered(xc)
+            add_counts(counts, (steps + self._contexts(xo)) * K + xo.long())  # (n, D)
+        # counts -> logits a block of steps at a time (row by row, so the same numbers)
+        block = rows_per_block(K**k * K)
+        for a in range(0, d, block):
+            b = min(d, a + block)
+            logits = logits_from_counts(counts[a:b], self.config.smoothing, K)
+            for i in range(a, min(b, k)):
+                self.first_logits[i].copy_(logits[i - a, : K**i])
+            if b > k:
+                self.logits[max(a, k) - k : b - k].copy_(logits[max(a, k) - a :])
         return self

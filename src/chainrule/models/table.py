@@ -9,7 +9,9 @@ reference for tiny n and a lesson in why the rest of the ladder exists: for a 28
 image it would need 2^784 - 1 parameters. :meth:`TableModel.count_parameters` gives that count
 as an exact integer; building such a model is refused with a message naming the size.
 
-The closed-form fit (:meth:`TableModel.fit`) recovers the empirical distribution exactly.
+The closed-form fit (:meth:`TableModel.fit`) recovers the empirical distribution exactly. It
+counts in chunks of images into ``int64`` tables of the parameters' size (see
+:mod:`.independent`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from torch import Tensor, nn
 
 from ..orderings import check_ordering_spec
 from .base import check_event_shape, check_levels
-from .independent import free_logits_to_full, logits_from_counts
+from .independent import (
+    add_counts,
+    fit_chunks,
+    free_logits_to_full,
+    logits_from_counts,
+    rows_per_block,
+)
 from .ordered import OrderedModel, check_table_size
 from .registry import register
 
@@ -80,15 +88,23 @@ class TableModel(OrderedModel):
         return free_logits_to_full(self.logits[i][ctx], self.levels), ctx
 
     @torch.no_grad()
-    def fit(self, x: Tensor) -> TableModel:
+    def fit(self, x: Tensor, chunk_size: int | None = None) -> TableModel:
         """Closed-form fit: smoothed frequencies of every conditional. With ``smoothing=0`` the
-        model's joint equals the empirical distribution of ``x``. Returns ``self``."""
-        x = self.check_images(x)
-        xo = self.to_ordered(x).long()
-        K = self.levels
-        ctx = torch.zeros(xo.shape[0], dtype=torch.int64)
+        model's joint equals the empirical distribution of ``x``. Counts ``chunk_size`` images
+        at a time (default from ``FIT_CHUNK_VALUES``); the result does not depend on it.
+        Returns ``self``."""
+        K, device = self.levels, self._device
+        counts = [torch.zeros(K**i, K, dtype=torch.int64, device=device) for i in range(self.dim)]
+        for xc in fit_chunks(self, x, chunk_size):
+            xo = self.to_ordered(xc).long()
+            ctx = torch.zeros(xo.shape[0], dtype=torch.int64, device=device)
+            for i in range(self.dim):
+                add_counts(counts[i], ctx * K + xo[:, i])
+                ctx = ctx * K + xo[:, i]
+        block = rows_per_block(K)  # counts -> logits a block of contexts at a time
         for i in range(self.dim):
-            counts = torch.bincount(ctx * K + xo[:, i], minlength=K**i * K).reshape(K**i, K)
-            self.logits[i].copy_(logits_from_counts(counts, self.config.smoothing, K))
-            ctx = ctx * K + xo[:, i]
+            c = counts.pop(0)  # each step's counts are freed once turned into logits
+            for a in range(0, K**i, block):
+                rows = logits_from_counts(c[a : a + block], self.config.smoothing, K)
+                self.logits[i][a : a + block].copy_(rows)
         return self
