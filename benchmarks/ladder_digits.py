@@ -55,7 +55,10 @@ def main() -> dict:
                             "test_bits_per_dim",
                             "num_parameters",
                             "epochs",
+                            "best_epoch",
+                            "stop_reason",
                             "seconds",
+                            "threads",
                         )
                     },
                 }

@@ -565,3 +565,43 @@ def test_20_same_seed_threads_and_machine_give_the_same_run_and_it_is_recorded(c
     assert (tmp_path / "r0" / "model.safetensors").read_bytes() == (
         tmp_path / "r1" / "model.safetensors"
     ).read_bytes()
+
+
+# ---------------------------------------------------------------------- the same defects elsewhere
+#: a child whose first output write stops half way with Ctrl-C (SIGINT to itself)
+CTRL_C_IN_WRITE = """
+import os, signal, sys
+import chainrule.outputs as O
+real = O._write_all
+def write_all(fd, data):
+    real(fd, data[: len(data) // 2])
+    os.kill(os.getpid(), signal.SIGINT)
+    real(fd, data[len(data) // 2 :])
+O._write_all = write_all
+from chainrule.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", ["sample --out", "score", "eval", "features"])
+def test_ctrl_c_in_the_middle_of_writing_leaves_the_old_file(finished, tmp_path, command):
+    out = tmp_path / "result.out"
+    out.write_bytes(b"the user's previous result")
+    argv = _commands(finished, str(out))[command]
+    p = subprocess.run(
+        [sys.executable, "-c", CTRL_C_IN_WRITE, *argv], capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 130, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"chainrule {argv[0]}: interrupted; nothing was left half-written"
+    ]
+    assert out.read_bytes() == b"the user's previous result"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["result.out"]
+
+
+def test_too_little_memory_is_one_line(capsys, tmp_path):
+    code, out, err = run(capsys, "train", "--model", "nade", "--hidden", "1000000000",
+                         "--out", tmp_path / "r", "--quiet")  # fmt: skip
+    line = one_line(code, err)
+    assert "out of memory (it asked for" in line and "--hidden" in line
+    assert not (tmp_path / "r").exists()

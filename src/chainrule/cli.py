@@ -795,7 +795,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                 png,
                 titles,
                 title=f"{model.name} on {data} {args.split}: where is the model surprised? "
-                "(NLL in nats)",
+                "(NLL in nats)" + _caveat_line(splits),
             )
         )
     _list_files(files)
@@ -853,7 +853,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:  # the figures first (JSON, CSV), then the pictures
-        files = _write_detection(det, args, model, data, scores, out_dir, json_path)
+        files = _write_detection(det, args, model, data, scores, out_dir, json_path, splits)
     except BaseException:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
@@ -862,7 +862,17 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_detection(det, args, model, data, scores, out_dir: Path, json_path: Path) -> list[Path]:
+def _caveat_line(splits) -> str:
+    """The data set's caveat as extra title lines of a plot that shows a figure ("" if none)."""
+    import textwrap
+
+    caveat = getattr(splits, "caveat", "")
+    return "\n" + textwrap.fill(caveat, 90) if caveat else ""
+
+
+def _write_detection(
+    det, args, model, data, scores, out_dir: Path, json_path: Path, splits=None
+) -> list[Path]:
     from chainrule.anomaly import SCORE_UNITS
     from chainrule.plots import roc_plot, score_histogram
 
@@ -886,14 +896,14 @@ def _write_detection(det, args, model, data, scores, out_dir: Path, json_path: P
                 xlabel=SCORE_UNITS[name],
                 labels=(f"in: {data}", f"OOD: {args.ood}"),
                 threshold=m["threshold"],
-                title=f"{model.name}: {name}, AUROC {m['auroc']:.3f}",
+                title=f"{model.name}: {name}, AUROC {m['auroc']:.3f}" + _caveat_line(splits),
             )
         )
     files.append(
         roc_plot(
             {n: (det.scores_in[n], det.scores_out[n]) for n in scores},
             out_dir / "roc.png",
-            title=f"{model.name}: {data} vs {args.ood}",
+            title=f"{model.name}: {data} vs {args.ood}" + _caveat_line(splits),
         )
     )
     return files
@@ -1418,6 +1428,14 @@ def _is_out_of_memory(e: BaseException) -> bool:
     return "can't allocate memory" in text or "out of memory" in text.lower()
 
 
+def _out_of_memory_message(e: BaseException) -> str:
+    import re
+
+    m = re.search(r"allocate (\d+) bytes", str(e))
+    size = f" (it asked for {int(m.group(1)) / 2**30:.1f} GiB)" if m else ""
+    return f"out of memory{size}; use a smaller model (--hidden, --layers), --batch-size or --n"
+
+
 def _one_line(e: BaseException) -> str:
     from chainrule.outputs import _describe_oserror
 
@@ -1454,10 +1472,7 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as e:
         if not _is_out_of_memory(e):
             raise  # a bug of ours: the traceback is what a report needs
-        print(
-            f"{who}: error: out of memory ({_one_line(e)[:160]}); try a smaller --batch-size or --n",
-            file=sys.stderr,
-        )
+        print(f"{who}: error: {_out_of_memory_message(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{who}: interrupted; nothing was left half-written", file=sys.stderr)

@@ -1057,8 +1057,12 @@ def _write_pictures(
     samples = model.sample(cfg.num_samples, generator=g)
     files.append(str(sample_grid(samples, model.levels, run / "samples.png")))
     if metrics:
+        import textwrap
+
         caveat = getattr(splits, "caveat", "")
-        title = f"{model.name} on {splits.name}" + (f"\n({caveat})" if caveat else "")
+        title = f"{model.name} on {splits.name}" + (
+            "\n" + textwrap.fill(caveat, 80) if caveat else ""
+        )
         files.append(str(training_curve(metrics, run / "curve.png", title)))
     return files
 
@@ -1086,8 +1090,7 @@ def describe_result(result: dict, dim: int) -> str:
         ),
         f"model {result['model']} ({result['num_parameters']:,} parameters) on {result['data']}, "
         f"{result['epochs']:g} epoch{'s' if result['epochs'] != 1 else ''} in {result['seconds']:.1f} s "
-        f"on {where}{threads}"
-        + (f"; {why}" if why else ""),
+        f"on {where}{threads}" + (f"; {why}" if why else ""),
     ]
     if result.get("data_caveat"):
         lines.append(f"note: {result['data_caveat']}")
