@@ -81,6 +81,7 @@ RUN_FIXED = {
     "grad_clip": "grad_clip",
     "closed_form": "closed_form",
     "bf16": "bf16",
+    "init_output_bias": "init_output_bias",
 }
 
 #: the largest --n a PNG grid shows (beyond it, samples go to --npz only)
@@ -354,6 +355,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         defaults["closed_form"] = bool(args.closed_form)
         defaults["progress"] = not args.quiet
         defaults["bf16"] = bool(args.bf16)
+        defaults["init_output_bias"] = bool(args.init_output_bias)
         train_cfg = TrainConfig(**defaults)
         if train_cfg.closed_form and getattr(cls, "fit", None) is None:
             raise UserError(
@@ -1286,6 +1288,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--bf16", action="store_true", help="bf16 autocast for training (meant for CUDA)"
+    )
+    t.add_argument(
+        "--init-output-bias",
+        action="store_true",
+        help="start the output biases at the data's per-pixel log-frequencies (NADE)",
     )
     t.add_argument(
         "--dtype",

@@ -120,6 +120,7 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0  # ... and at least every M minutes within an epoch (0: off)
     bf16: bool = False  # bf16 autocast for the training forward/backward (CUDA)
     dtype: str = ""  # "float32" or "float64": cast the model first ("": keep its dtype)
+    init_output_bias: bool = False  # fresh runs: output biases at the data's log-frequencies
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "num_samples", "checkpoint_every"):
@@ -426,7 +427,7 @@ class _NLLSum(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return -self.model.log_prob(x).sum()
+        return -self.model.log_prob_unchecked(x).sum()
 
 
 def _summarize(
@@ -494,6 +495,7 @@ def train(
     if not isinstance(model, AutoregressiveModel):
         raise ValueError(f"model must be a chainrule model, got {type(model).__name__}")
     check_compatible(model, splits.event_shape, splits.levels, splits.name)
+    _check_values(splits)  # once: the training step then skips the per-batch checks
     if resume and out is None:
         raise ValueError("resume needs a run folder")
     device = distributed.process_device(resolve_device(cfg.device))
@@ -502,6 +504,19 @@ def train(
     result = _train(model, splits, cfg, run, resume, run_info, device, d, overwrite, more_minutes)
     distributed.barrier(d)  # every process returns once rank 0 has written the run folder
     return result
+
+
+def _check_values(splits: Splits) -> None:
+    """Every image of every split holds levels ``0..levels-1`` (checked once, on the host)."""
+    for name in ("train", "valid", "test"):
+        x = splits.split(name)
+        if x.is_floating_point() or x.is_complex():
+            raise ValueError(f"{splits.name} {name}: images must be integer levels, got {x.dtype}")
+        if len(x) and (int(x.min()) < 0 or int(x.max()) >= splits.levels):
+            raise ValueError(
+                f"{splits.name} {name}: values must lie in 0..{splits.levels - 1}, "
+                f"got {int(x.min())}..{int(x.max())}"
+            )
 
 
 def train_subset(n_total: int, max_train: int) -> torch.Tensor:
@@ -593,6 +608,11 @@ def _train(
             save(model, writer)
             _write_metrics(writer, metrics, append=False)
     else:
+        if cfg.init_output_bias and not resume:
+            hook = getattr(model, "init_output_bias", None)
+            if hook is None:
+                raise ValueError(f"model {model.name!r} has no output-bias initialisation")
+            hook(train_x.to(device))
         best_valid, epochs_done, stop, start = _fit(
             model,
             splits,
@@ -972,7 +992,7 @@ def _train_epoch(
         else:  # only this process's images go to the device
             local = to_model_input(model, train_x[mine], levels)
         with autocast:
-            nll_sum = net(local) if d.enabled else -model.log_prob(local).sum()
+            nll_sum = net(local) if d.enabled else -model.log_prob_unchecked(local).sum()
         # every process learns the global batch's loss (and whether to stop) before anyone steps
         stop_here = [
             float(bool(signal_flag and signal_flag.signum)),

@@ -100,7 +100,12 @@ class AutoregressiveModel(nn.Module):
         Returns:
             ``(B,)`` log-likelihoods in nats.
         """
-        x = self.check_images(x)
+        return self.log_prob_unchecked(self.check_images(x))
+
+    def log_prob_unchecked(self, x: Tensor) -> Tensor:
+        """:meth:`log_prob` of images that were checked already (as :meth:`check_images`
+        returns them: floating, on the model's device): no validation, so no host
+        synchronisation. For trainers, which check a data set once when it is loaded."""
         return self._conditional_log_probs(x).flatten(1).sum(1)
 
     def conditional_log_probs(self, x: Tensor) -> Tensor:

@@ -327,6 +327,24 @@ class NADE(OrderedModel):
         # raster order of a one-channel image is the identity: no gather of the weights needed
         self._identity = config.ordering == "raster" and self.event_shape[0] == 1
 
+    @torch.no_grad()
+    def init_output_bias(self, x: Tensor) -> None:
+        """Set the output biases to the data's per-pixel log-frequencies (binary: the logit of
+        each pixel's mean), so that the untrained model is the independent-pixel fit and its
+        samples have the data's density of ones; a trainer hook for recipes."""
+        x = self.check_images(x).flatten(1).long()  # (N, D)
+        counts = torch.zeros(self.dim, self.levels, dtype=torch.float64)
+        for i in range(0, len(x), 4096):
+            counts.scatter_add_(
+                1, x[i : i + 4096].T.cpu(), torch.ones(x[i : i + 4096].T.shape, dtype=torch.float64)
+            )
+        freq = (counts + 0.5) / (counts.sum(1, keepdim=True) + 0.5 * self.levels)
+        if self.levels == 2:
+            bias = (freq[:, 1].log() - freq[:, 0].log()).unsqueeze(1)
+        else:
+            bias = freq.log()
+        self.bias_out.copy_(bias.to(self.bias_out))
+
     # ------------------------------------------------------------------ pieces
     def phi(self, xo: Tensor) -> Tensor:
         """Input features of each value, ``(B, D) -> (B, D, Min)``."""
@@ -396,9 +414,8 @@ class NADE(OrderedModel):
             )
         return self.from_ordered(self.ordered_log_probs(x, 0))
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def log_prob_unchecked(self, x: Tensor) -> Tensor:
         """Exact log p(x) in nats, ``(B,)``; for an ensemble, the log of the uniform mixture."""
-        x = self.check_images(x)
         return self._log_prob(x)
 
     def _log_prob(self, x: Tensor, impl: str | None = None) -> Tensor:
