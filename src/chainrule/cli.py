@@ -1240,9 +1240,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--lr-schedule",
-        choices=["constant", "cosine"],
+        choices=["constant", "cosine", "cosine-time"],
         default=None,
-        help="learning-rate schedule (default: the model's, below); cosine decays to 0 over --epochs",
+        help="learning-rate schedule (default: the model's, below); cosine decays to 0 over "
+        "--epochs, cosine-time over --time-budget (step by step)",
     )
     t.add_argument(
         "--seed",

@@ -108,7 +108,9 @@ class TrainConfig:
     patience: int = 5  # epochs without a better valid NLL before stopping; 0 never stops early
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
-    lr_schedule: str = "constant"  # "constant" or "cosine" (decays to 0 over `epochs`)
+    #: "constant"; "cosine" (decays to 0 over `epochs`); "cosine-time" (decays to 0 over the
+    #: time budget, step by step: the run anneals fully whatever the machine's speed)
+    lr_schedule: str = "constant"
     eval_batch_size: int = 256
     device: str = "auto"
     closed_form: bool = False  # fit by counting (models with a `fit` method) instead of Adam
@@ -144,10 +146,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
+        if self.lr_schedule not in ("constant", "cosine", "cosine-time"):
             raise ValueError(
-                f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
+                f"lr_schedule must be 'constant', 'cosine' or 'cosine-time', got {self.lr_schedule!r}"
             )
+        if self.lr_schedule == "cosine-time" and not self.time_budget_min:
+            raise ValueError("lr_schedule cosine-time needs a time budget (--time-budget MIN)")
         if not isinstance(self.device, str) or (
             self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:")
         ):
@@ -410,6 +414,8 @@ def read_counters(run: Path) -> dict | None:
 
 # ---------------------------------------------------------------------- the loop
 def _lr_at(cfg: TrainConfig, epoch: int) -> float:
+    if cfg.lr_schedule == "cosine-time":
+        return cfg.lr  # set step by step from the time budget
     if cfg.lr_schedule == "cosine" and cfg.epochs > 0:
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
     return cfg.lr
@@ -810,6 +816,13 @@ def _fit(
                 break
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, epoch)
+
+            def step_lr() -> float | None:  # cosine-time: the lr of this moment of the budget
+                if cfg.lr_schedule != "cosine-time" or not budget:
+                    return None
+                frac = min(1.0, (time.perf_counter() - start) / budget)
+                return 0.5 * cfg.lr * (1 + math.cos(math.pi * frac))
+
             train_nll, why, done, n_batches, order_now = _train_epoch(
                 model,
                 net,
@@ -828,6 +841,7 @@ def _fit(
                 start,
                 over_budget,
                 signal_flag,
+                step_lr,
             )
             order = None
             train_nll += offset
@@ -936,6 +950,7 @@ def _train_epoch(
     start: float,
     over_budget=lambda: False,
     signal_flag=None,
+    step_lr=lambda: None,
 ):
     """One epoch from step ``counters['step']``.
 
@@ -1012,6 +1027,10 @@ def _train_epoch(
                 f"the loss became {s / n:g} at epoch {epoch + 1}, batch {b + 1}; training stopped "
                 f"and the last good checkpoint is kept. Try a smaller --lr"
             )
+        lr_now = step_lr()
+        if lr_now is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr_now
         opt.zero_grad(set_to_none=True)
         (nll_sum.float() * weight if cfg.bf16 else nll_sum * weight).backward()
         if cfg.grad_clip:
