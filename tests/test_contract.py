@@ -7,16 +7,16 @@ checkpoint round trip, gradients reaching every parameter, input validation.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
 import torch
 
 import chainrule
-from chainrule.orderings import raster_order
+from chainrule.models import model_class
 
-from .conftest import randomize, supports_levels, tiny
+from .conftest import supports_levels, tiny
+from .oracles import all_states, empirical, model_total_variation, state_index, tv_threshold
 
 DISCRETE = [
     m for m in chainrule.available_models() if supports_levels(m, 2) or supports_levels(m, 3)
@@ -27,38 +27,43 @@ ENUM_CASES = [((1, 2, 3), 2), ((1, 3, 3), 2), ((1, 2, 2), 3), ((3, 1, 2), 2), ((
 ORDERINGS = ["raster", "random:3"]
 
 
-def all_states(event_shape, levels) -> torch.Tensor:
-    d = math.prod(event_shape)
-    grid = torch.tensor(list(itertools.product(range(levels), repeat=d)), dtype=torch.float64)
-    return grid.reshape(-1, *event_shape)
+def cases(shapes, orderings=("raster",), *, only=lambda cls: True):
+    """``(name, event_shape, levels, ordering)`` for every discrete model, from the capabilities
+    each model class declares (levels it supports, whether it has orderings): no skips."""
+    out = []
+    for name in DISCRETE:
+        cls = model_class(name)
+        if not only(cls):
+            continue
+        for event_shape, levels in shapes:
+            if not supports_levels(name, levels):
+                continue
+            for ordering in orderings if cls.supports_orderings else ("raster",):
+                out.append(
+                    pytest.param(
+                        name,
+                        event_shape,
+                        levels,
+                        ordering,
+                        id=f"{name}-{ordering}-{event_shape}-K{levels}",
+                    )
+                )
+    return out
 
 
 def model_order(model) -> torch.Tensor:
-    order = getattr(model, "order", None)
-    return order if order is not None else raster_order(model.event_shape)
+    """The flat index visited at each step of the model's (first) ordering."""
+    return model.decoder_order(0)
 
 
 def build_case(name, event_shape, levels, ordering=None):
-    if not supports_levels(name, levels):
-        pytest.skip(f"{name} does not support levels={levels}")
     opts = {}
     if ordering is not None and ordering != "raster":
-        import dataclasses
-
-        from chainrule.models import model_class
-
-        if "ordering" not in {f.name for f in dataclasses.fields(model_class(name).Config)}:
-            pytest.skip(f"{name} has a fixed ordering")
         opts["ordering"] = ordering
-    try:
-        return tiny(name, event_shape, levels, **opts)
-    except ValueError as e:  # e.g. a model that needs a minimum size
-        pytest.skip(f"{name} cannot be built for {event_shape}, K={levels}: {e}")
+    return tiny(name, event_shape, levels, **opts)
 
 
-@pytest.mark.parametrize("name", DISCRETE)
-@pytest.mark.parametrize("event_shape,levels", ENUM_CASES)
-@pytest.mark.parametrize("ordering", ORDERINGS)
+@pytest.mark.parametrize("name,event_shape,levels,ordering", cases(ENUM_CASES, ORDERINGS))
 def test_normalization_over_all_states(name, event_shape, levels, ordering):
     model = build_case(name, event_shape, levels, ordering)
     lp = model.log_prob(all_states(event_shape, levels))
@@ -79,9 +84,10 @@ def conditional_table(model, x, pos):
     return torch.stack(cols, 1)
 
 
-@pytest.mark.parametrize("name", DISCRETE)
-@pytest.mark.parametrize("event_shape,levels", [((1, 3, 3), 2), ((3, 2, 2), 3), ((1, 2, 3), 4)])
-@pytest.mark.parametrize("ordering", ORDERINGS)
+@pytest.mark.parametrize(
+    "name,event_shape,levels,ordering",
+    cases([((1, 3, 3), 2), ((3, 2, 2), 3), ((1, 2, 3), 4)], ORDERINGS),
+)
 def test_causality_by_perturbation(name, event_shape, levels, ordering):
     model = build_case(name, event_shape, levels, ordering)
     order = model_order(model)
@@ -105,17 +111,16 @@ def test_causality_by_perturbation(name, event_shape, levels, ordering):
                 )
             elif changed:
                 depends_on_earlier += 1
-    if name != "independent":
+    if not model.supports_completion_any_mask:  # a model whose dimensions depend on each other
         assert depends_on_earlier > 0, "no conditional depends on any earlier dimension"
 
 
-@pytest.mark.parametrize("name", DISCRETE)
-@pytest.mark.parametrize("event_shape,levels", [((1, 3, 3), 2), ((3, 2, 2), 3)])
-@pytest.mark.parametrize("ordering", ORDERINGS)
+@pytest.mark.parametrize(
+    "name,event_shape,levels,ordering",
+    cases([((1, 3, 3), 2), ((3, 2, 2), 3)], ORDERINGS, only=lambda cls: cls.input_differentiable),
+)
 def test_causality_by_jacobian(name, event_shape, levels, ordering):
     model = build_case(name, event_shape, levels, ordering)
-    if not getattr(model, "input_differentiable", True):
-        pytest.skip(f"{name} looks its conditionals up in tables: no gradient in x")
     order = model_order(model)
     pos_of = torch.empty_like(order)
     pos_of[order] = torch.arange(order.numel())
@@ -132,30 +137,23 @@ def test_causality_by_jacobian(name, event_shape, levels, ordering):
     later = step_in > step_out
     assert jac[later].abs().max().item() == 0.0
     earlier = step_in < step_out
-    if name != "independent":
+    if not model.supports_completion_any_mask:
         assert jac[earlier].abs().max().item() > 0.0
 
 
-def total_variation(samples: torch.Tensor, model, event_shape, levels) -> float:
-    states = all_states(event_shape, levels)
-    p = model.log_prob(states).exp()
-    K = levels
-    weights = K ** torch.arange(math.prod(event_shape) - 1, -1, -1)
-    idx_states = (states.flatten(1).long() * weights).sum(1)
-    idx = (samples.flatten(1).long() * weights).sum(1)
-    emp = torch.bincount(idx, minlength=K ** math.prod(event_shape)).double() / len(samples)
-    return 0.5 * (emp[idx_states] - p).abs().sum().item()
-
-
-@pytest.mark.parametrize("name", DISCRETE)
-@pytest.mark.parametrize("event_shape,levels", [((1, 2, 2), 2), ((1, 1, 2), 3), ((3, 1, 1), 2)])
-def test_sampler_agrees_with_density(name, event_shape, levels):
-    model = build_case(name, event_shape, levels, "random:5")
-    s = model.sample(20000, generator=torch.Generator().manual_seed(0))
-    assert s.shape == (20000, *event_shape)
+@pytest.mark.parametrize(
+    "name,event_shape,levels,ordering",
+    cases([((1, 2, 2), 2), ((1, 1, 2), 3), ((3, 1, 1), 2)], ["random:5"]),
+)
+def test_sampler_agrees_with_density(name, event_shape, levels, ordering):
+    model = build_case(name, event_shape, levels, ordering)
+    n = 20000
+    s = model.sample(n, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (n, *event_shape)
     assert s.dtype.is_floating_point
     assert torch.equal(s, s.round()) and s.min() >= 0 and s.max() <= levels - 1
-    assert total_variation(s, model, event_shape, levels) < 0.02
+    states = levels ** math.prod(event_shape)
+    assert model_total_variation(s, model) < tv_threshold(n, states)
 
 
 @pytest.mark.parametrize("name", DISCRETE)
@@ -167,18 +165,16 @@ def test_completion_of_a_prefix_is_the_exact_conditional(name):
     given.view(-1)[order[0]] = 1.0
     mask = torch.zeros(event_shape, dtype=torch.bool)
     mask.view(-1)[order[0]] = True
-    s = model.sample(20000, given=given, mask=mask, generator=torch.Generator().manual_seed(1))
+    n = 20000
+    s = model.sample(n, given=given, mask=mask, generator=torch.Generator().manual_seed(1))
     assert (s.flatten(1)[:, order[0]] == 1).all()
     states = all_states(event_shape, levels)
     lp = model.log_prob(states)
     keep = states.flatten(1)[:, order[0]] == 1
     p_cond = torch.where(keep, lp, torch.full_like(lp, -torch.inf)).softmax(0)
-    weights = levels ** torch.arange(model.dim - 1, -1, -1)
-    emp = torch.bincount(
-        (s.flatten(1).long() * weights).sum(1), minlength=len(states)
-    ).double() / len(s)
-    idx_states = (states.flatten(1).long() * weights).sum(1)
-    assert 0.5 * (emp[idx_states] - p_cond).abs().sum().item() < 0.02
+    assert torch.equal(state_index(states, levels), torch.arange(len(states)))
+    tv = 0.5 * (empirical(s, levels) - p_cond).abs().sum().item()
+    assert tv < tv_threshold(n, int(keep.sum()))
 
 
 @pytest.mark.parametrize("name", DISCRETE)
@@ -188,7 +184,7 @@ def test_completion_that_is_not_a_prefix_warns_and_keeps_given(name):
     given = torch.ones(3, 1, 2, 2)
     mask = torch.zeros(1, 2, 2, dtype=torch.bool)
     mask.view(-1)[order[-1]] = True  # only the last step given
-    if name == "independent":
+    if model.supports_completion_any_mask:
         s = model.sample(3, given=given, mask=mask)
     else:
         with pytest.warns(UserWarning, match="not a prefix"):
@@ -225,11 +221,7 @@ def test_every_parameter_gets_a_gradient(name):
 
 @pytest.mark.parametrize("name", DISCRETE)
 def test_checkpoint_round_trip(name, tmp_path):
-    import dataclasses
-
-    from chainrule.models import model_class
-
-    has_ordering = "ordering" in {f.name for f in dataclasses.fields(model_class(name).Config)}
+    has_ordering = model_class(name).supports_orderings
     model = build_case(name, (3, 2, 2), 3, "random:7" if has_ordering else None)
     x = torch.randint(0, 3, (5, 3, 2, 2)).double()
     path = chainrule.save(model, tmp_path / "run")
@@ -290,4 +282,13 @@ def test_sample_arguments_are_checked():
         model.sample(2, given=torch.zeros(2, 1, 2, 2))
     with pytest.raises(ValueError, match="boolean"):
         model.sample(2, given=torch.zeros(2, 1, 2, 2), mask=torch.zeros(2, 1, 2, 2))
-    randomize(model)
+
+
+@pytest.mark.parametrize("name", chainrule.available_models())
+def test_every_config_field_has_a_help_line(name):
+    """The CLI generates its flags from the config dataclasses: each field says what it is."""
+    import dataclasses
+
+    for f in dataclasses.fields(model_class(name).Config):
+        help_ = f.metadata.get("help")
+        assert isinstance(help_, str) and help_ and "\n" not in help_, (name, f.name)

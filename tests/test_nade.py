@@ -9,27 +9,21 @@ joints; the O(DH) samplers equal the naive recomputing sampler bit for bit.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
 import torch
 
 import chainrule
-from chainrule.models.base import draw_uniforms
+from chainrule.sampling import naive_sample
 
 from .conftest import randomize
+from .oracles import all_states, model_total_variation, total_variation, tv_threshold
 
 
 def nade(event_shape=(1, 3, 4), levels=2, **opts):
     opts = {"hidden": 6, "block": 3, **opts}
     return randomize(chainrule.build("nade", event_shape, levels, **opts).double())
-
-
-def all_states(event_shape, levels):
-    d = math.prod(event_shape)
-    grid = torch.tensor(list(itertools.product(range(levels), repeat=d)), dtype=torch.float64)
-    return grid.reshape(-1, *event_shape)
 
 
 def values_and_grads(model, x, impl):
@@ -182,25 +176,14 @@ def test_causality_by_jacobian_and_perturbation(ordering, activation, levels):
 
 
 # ---------------------------------------------------------------------- sampling
-def naive_recomputing_sample(model, n, generator):
-    """Recompute every conditional from scratch at every step with the naive loop: O(D^2 H)."""
-    d = model.dim
-    u = draw_uniforms(n, (d,), generator)
-    xo = torch.zeros(n, d, dtype=torch.float64)
-    bias = model.by_step(model.bias_out, 0)
-    for i in range(d):
-        params = model.head_params(model.preoutputs(xo, 0, "naive"), bias)  # (n, D, P)
-        xo[:, i] = model.head.sample(params[:, i], u[:, i])
-    return model.from_ordered(xo)
-
-
 @pytest.mark.parametrize("levels", [2, 3])
 @pytest.mark.parametrize("activation", ["sigmoid", "relu"])
 @pytest.mark.parametrize("ordering", ["raster", "random:2"])
 def test_samplers_equal_the_naive_recomputing_sampler_bit_for_bit(levels, activation, ordering):
     model = nade(levels=levels, activation=activation, ordering=ordering)
-    with torch.no_grad():
-        ref = naive_recomputing_sample(model, 200, torch.Generator().manual_seed(7))
+    model.config.impl = "naive"  # the oracle's passes through the per-dimension loop
+    ref = naive_sample(model, 200, generator=torch.Generator().manual_seed(7))
+    model.config.impl = "auto"
     fast = model.sample(200, generator=torch.Generator().manual_seed(7))
     dense = model.sample(200, generator=torch.Generator().manual_seed(7), sparse=False)
     assert torch.equal(fast, ref)
@@ -208,26 +191,17 @@ def test_samplers_equal_the_naive_recomputing_sampler_bit_for_bit(levels, activa
     assert 0 < ref.mean() < levels - 1  # not a constant image
 
 
-def total_variation(samples, model, shape, levels):
-    states = all_states(shape, levels)
-    p = model.log_prob(states).exp()
-    weights = levels ** torch.arange(model.dim - 1, -1, -1)
-    idx = (samples.flatten(1).long() * weights).sum(1)
-    emp = torch.bincount(idx, minlength=len(states)).double() / len(samples)
-    return 0.5 * (emp[(states.flatten(1).long() * weights).sum(1)] - p).abs().sum().item()
-
-
 @pytest.mark.parametrize("levels,shape", [(2, (1, 2, 2)), (3, (1, 1, 2))])
 def test_ensemble_sampler_agrees_with_its_density(levels, shape):
     model = nade(shape, levels, ensemble=3, hidden=4)
     s = model.sample(20000, generator=torch.Generator().manual_seed(0))
-    assert total_variation(s, model, shape, levels) < 0.02
+    assert model_total_variation(s, model) < tv_threshold(20000, levels**model.dim)
 
 
 def test_relu_sampler_agrees_with_its_density():
     model = nade((1, 2, 2), 2, activation="relu", ordering="random:9")
     s = model.sample(20000, generator=torch.Generator().manual_seed(1))
-    assert total_variation(s, model, (1, 2, 2), 2) < 0.02
+    assert model_total_variation(s, model) < tv_threshold(20000, 2**4)
 
 
 def test_ensemble_completion_that_is_not_a_prefix_warns_and_keeps_given():
@@ -251,10 +225,7 @@ def test_ensemble_completion_of_a_common_prefix_is_the_exact_conditional():
     s = model.sample(20000, given=given, mask=mask, generator=torch.Generator().manual_seed(2))
     keep = states.flatten(1)[:, 0] == 1
     p = torch.where(keep, lp, torch.full_like(lp, -math.inf)).softmax(0)
-    idx = (s.flatten(1).long() * torch.tensor([4, 2, 1])).sum(1)
-    emp = torch.bincount(idx, minlength=8).double() / len(s)
-    sidx = (states.flatten(1).long() * torch.tensor([4, 2, 1])).sum(1)
-    assert 0.5 * (emp[sidx] - p).abs().sum() < 0.02
+    assert total_variation(s, p, 2) < tv_threshold(20000, int(keep.sum()))
 
 
 # ---------------------------------------------------------------------- features, sizes, options

@@ -12,9 +12,9 @@ import torch
 
 import chainrule
 from chainrule.models.layers import (
-    DiagonalBiLSTM,
+    DiagonalBiLSTMLayer,
     MaskedConv2d,
-    RowLSTM,
+    RowLSTMLayer,
     causal_mask,
     channel_groups,
     skew,
@@ -111,9 +111,9 @@ def test_fast_layer_equals_reference_with_gradients(layer, colors, h, w):
     fin, units = 6, 4
     args = ()
     if layer == "row":
-        mod = RowLSTM(fin, units, colors, kernel=3)
+        mod = RowLSTMLayer(fin, units, colors, kernel=3)
     else:
-        mod = DiagonalBiLSTM(fin, units, colors, context_ch=colors)
+        mod = DiagonalBiLSTMLayer(fin, units, colors, context_ch=colors)
         args = (torch.randn(2, colors, h, w),)
     randomize(mod, seed=3, scale=0.8)
     x = torch.randn(2, fin, h, w, requires_grad=True)
@@ -135,9 +135,7 @@ def test_fast_layer_equals_reference_with_gradients(layer, colors, h, w):
 def test_fast_model_equals_reference_model(name, opts):
     shape, levels = (3, 4, 5), 4
     fast = build(name, shape, levels, **opts)
-    ref = chainrule.build(
-        name, shape, levels, hidden=3, layers=2, impl="reference", **opts
-    ).double()
+    ref = chainrule.build(name, shape, levels, hidden=3, layers=2, impl="naive", **opts).double()
     ref.load_state_dict(fast.state_dict())
     x = torch.randint(0, levels, (3, *shape)).double()
     torch.testing.assert_close(
@@ -199,7 +197,7 @@ def test_causality_by_perturbation(name, shape, levels):
 )
 def test_reference_impl_is_causal_too(name, opts):
     shape, levels = (3, 3, 4), 3
-    model = build(name, shape, levels, impl="reference", **opts)
+    model = build(name, shape, levels, impl="naive", **opts)
     step = step_index(shape)
     d = math.prod(shape)
     x = torch.randint(0, levels, (1, *shape)).double()
@@ -219,7 +217,7 @@ def all_states(shape, levels):
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize(
     "shape,levels,impl",
-    [((1, 3, 3), 2, "fast"), ((3, 1, 2), 3, "fast"), ((3, 1, 2), 3, "reference")],
+    [((1, 3, 3), 2, "auto"), ((3, 1, 2), 3, "fast"), ((3, 1, 2), 3, "reference")],  # + old names
 )
 def test_normalization_over_all_states(name, shape, levels, impl):
     model = build(name, shape, levels, impl=impl)

@@ -24,6 +24,40 @@ def earlier_than(shape, pixel, channel):
     return step < (pixel[0] * w + pixel[1]) * c + channel
 
 
+def row_lstm_context(h, w, layers, kernel, first_kernel, pixel) -> set[tuple[int, int]]:
+    """The pixels a one-channel Row LSTM stack's output at ``pixel`` depends on, from the
+    architecture alone: dependency sets propagated through the mask-A ``first_kernel`` input
+    convolution, then per layer the masked ``1 x kernel`` input-to-state convolution (the pixel
+    and those to its left), the ``1 x kernel`` state-to-state convolution of the row above and
+    the cell state of the pixel above, and the residual sum (1 x 1 convolutions keep sets)."""
+    p0, p = first_kernel // 2, kernel // 2
+
+    def inside(r, c):
+        return 0 <= r < h and 0 <= c < w
+
+    cells = [(r, c) for r in range(h) for c in range(w)]
+    s = {  # mask A: the rows above within the kernel and the same row strictly to the left
+        (r, c): {
+            (r + dr, c + dc)
+            for dr in range(-p0, 1)
+            for dc in range(-p0, p0 + 1)
+            if (dr < 0 or dc < 0) and inside(r + dr, c + dc)
+        }
+        for r, c in cells
+    }
+    for _ in range(layers):
+        state: dict[tuple[int, int], set] = {}
+        for r, c in cells:
+            deps = set().union(*(s[r, c + dc] for dc in range(-p, 1) if inside(r, c + dc)))
+            if r > 0:  # h of the row above through the 1 x k kernel, and the cell state above
+                deps |= set().union(
+                    *(state[r - 1, c + dc] for dc in range(-p, p + 1) if inside(r - 1, c + dc))
+                )
+            state[r, c] = deps  # (h, c) of the pixel: both functions of the same gates
+        s = {k: s[k] | state[k] for k in cells}
+    return s[pixel]
+
+
 @pytest.mark.parametrize("name", ["pixelcnn", "row-lstm", "diagonal-bilstm"])
 @pytest.mark.parametrize("shape,channel", [((1, 8, 8), 0), ((3, 8, 8), 1)])
 def test_no_model_sees_the_future(name, shape, channel):
@@ -46,6 +80,11 @@ def test_row_lstm_misses_pixels_the_diagonal_bilstm_sees():
     # rows just above it, while the rows near the top are inside the widening triangle
     assert missed[0, 7, 0] and missed[0, 6, 0] and not missed[0, :2].any()
     assert row[0, 6, 6:].all() and row[0, 7, 4:7].all()  # the near neighbours are seen
+    # and the gradients see exactly the context that the architecture defines
+    expected = torch.zeros(shape, dtype=torch.bool)
+    for r, c in row_lstm_context(8, 8, OPTS["layers"], 3, OPTS["first_kernel"], pixel):
+        expected[0, r, c] = True
+    assert torch.equal(row, expected)
 
 
 @pytest.mark.parametrize("first_kernel", [3, 7])
@@ -108,6 +147,7 @@ def test_cli_receptive_field(tmp_path, capsys):
     args = ["receptive-field", "--model", "row-lstm", "--shape", "1x8x8", "--layers", "2"]
     assert main([*args, "--option", "first_kernel=3", "--pixel", "7,7", "--out", str(out)]) == 0
     assert out.is_file()
-    assert "influenced by 53 of the 63 earlier dimensions" in capsys.readouterr().out
+    seen = len(row_lstm_context(8, 8, 2, 3, 3, (7, 7)))  # derived from the architecture
+    assert f"influenced by {seen} of the {7 * 8 + 7} earlier dimensions" in capsys.readouterr().out
     assert main(["receptive-field", "--model", "row-lstm", "--pixel", "7"]) == 1
     assert "ROW,COL" in capsys.readouterr().err

@@ -17,19 +17,23 @@ Conventions:
   numbers ``0 .. K-1`` in any integer or floating dtype; a real-valued model (``levels=None``)
   takes values in ``[0, 1]``.
 * Random numbers for sampling are drawn up front, one uniform per dimension
-  (:func:`draw_uniforms`), so that two samplers that visit the dimensions in different ways (a
-  cached and a naive one, say) produce the same image bit for bit from the same generator.
+  (:func:`chainrule.sampling.draw_uniforms`), so that two samplers that visit the dimensions in
+  different ways (a cached and a naive one, say) produce the same image from the same generator.
+* Sampling: one loop for every model (:mod:`chainrule.sampling`); a model supplies an
+  incremental decoder (``decoder``, ``decoder_order``), the teacher-forced pass of its density
+  (``teacher_params``) and its head.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import warnings
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from .. import sampling
+from ..sampling import draw_uniforms, warn_if_not_prefix  # noqa: F401  (re-exported)
 
 
 class AutoregressiveModel(nn.Module):
@@ -54,6 +58,18 @@ class AutoregressiveModel(nn.Module):
     input_differentiable: ClassVar[bool] = True
     #: trainer settings that suit this model better than the trainer's defaults (lr, epochs, ...)
     train_defaults: ClassVar[dict[str, Any]] = {}
+
+    # capabilities, declared (the tests are driven by them)
+    #: the model has an ``ordering`` option (raster, random:SEED, a permutation)
+    supports_orderings: ClassVar[bool] = True
+    #: completion is an exact conditional draw for *any* mask (not only a prefix): no warning
+    supports_completion_any_mask: ClassVar[bool] = False
+    #: per-dimension conditionals (``conditional_log_probs``) are defined
+    has_conditionals: ClassVar[bool] = True
+    #: ``sample(..., cuda_graph=True)`` is available (CUDA, unconditional sampling)
+    supports_cuda_graph: ClassVar[bool] = False
+    #: CPU threads for the sampling loop (None: leave torch's setting)
+    sample_threads: ClassVar[int | None] = None
 
     def __init__(self, event_shape: tuple[int, int, int], levels: int | None, config: Any):
         super().__init__()
@@ -174,8 +190,33 @@ class AutoregressiveModel(nn.Module):
         mask: Tensor | None,
         generator: torch.Generator | None,
         **kwargs: Any,
-    ) -> Tensor:  # pragma: no cover - abstract
+    ) -> Tensor:
+        """The one sampler (:func:`chainrule.sampling.sample`) through :meth:`decoder`."""
+        options = {}
+        if self.supports_cuda_graph and "cuda_graph" in kwargs:
+            options["cuda_graph"] = kwargs.pop("cuda_graph")
+        if kwargs:
+            raise ValueError(f"unexpected sample options for {self.name!r}: {sorted(kwargs)}")
+        return sampling.sample(self, n, given, mask, generator, **options)
+
+    # ------------------------------------------------------------------ decoding protocol
+    def decoder(self, n: int, part: int = 0) -> sampling.Decoder:  # pragma: no cover - abstract
+        """Start decoding ``n`` images (see :mod:`chainrule.sampling`)."""
         raise NotImplementedError
+
+    def decoder_order(self, part: int = 0) -> Tensor:  # pragma: no cover - abstract
+        """``(D,)`` the flat index of the dimension visited at each step of ``part``."""
+        raise NotImplementedError
+
+    def teacher_params(self, xo: Tensor, part: int = 0) -> Tensor:  # pragma: no cover
+        """``(n, D)`` values in the step order -> ``(n, D, P)`` every step's head parameters."""
+        raise NotImplementedError
+
+    def choose_parts(
+        self, n: int, given: Tensor | None, mask: Tensor | None, generator
+    ) -> Tensor | None:
+        """For a mixture of orderings: each image's component ``(n,)``; None otherwise."""
+        return None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -315,47 +356,6 @@ def _is_integer(x: Tensor) -> bool:
     )
 
 
-# ---------------------------------------------------------------------- sampling helpers
-def draw_uniforms(
-    n: int,
-    shape: tuple[int, ...],
-    generator: torch.Generator | None,
-    *,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float64,
-) -> Tensor:
-    """One uniform number in [0, 1) per dimension of ``n`` images, drawn up front.
-
-    Drawn on the generator's device (CPU for a CPU generator) and moved, so that the same seed
-    gives the same numbers wherever the model lives.
-    """
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    u = torch.rand((n, *shape), generator=generator, device=gen_device, dtype=torch.float64)
-    return u.to(device=device, dtype=dtype)
-
-
-def warn_if_not_prefix(mask: Tensor | None, order: Tensor) -> None:
-    """Warn when the given dimensions are not a prefix of the ordering.
-
-    Args:
-        mask: ``(n, D)`` boolean, True where a value is given (flat (C, H, W) layout).
-        order: ``(D,)`` the ordering: ``order[i]`` is the flat index visited at step ``i``.
-    """
-    if mask is None:
-        return
-    m = mask[:, order]  # (n, D) in visiting order
-    # a prefix: once a step is free, no later step is given
-    free_seen = torch.cumsum((~m).to(torch.int64), dim=1) > 0
-    if (free_seen & m).any():
-        warnings.warn(
-            "the given pixels are not a prefix of the model's ordering: each free pixel is drawn "
-            "from p(x_i | x_<i), which ignores given pixels that come later in the ordering, so "
-            "the completion is not an exact draw from p(rest | given). Use an ordering that puts "
-            "the given pixels first (e.g. raster order for a top part of the image).",
-            stacklevel=3,
-        )
-
-
 def config_from_options(config_cls: type, options: dict[str, Any], model_name: str) -> Any:
     """Build a config dataclass from keyword options, with clear errors for unknown names."""
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
@@ -373,8 +373,3 @@ def config_from_options(config_cls: type, options: dict[str, Any], model_name: s
     if validate is not None:
         validate()
     return config
-
-
-def log2_int(n: int) -> float:
-    """log2 of a possibly huge Python int, without overflow."""
-    return math.log2(n) if n > 0 else float("-inf")

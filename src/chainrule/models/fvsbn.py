@@ -15,7 +15,7 @@ Limits: O(n^2) parameters and time per image; each conditional is linear in the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -27,8 +27,13 @@ from .registry import register
 
 @dataclass
 class FVSBNConfig:
-    ordering: str | list[int] = "raster"
-    init_scale: float = 0.01  # std of the initial weights
+    ordering: str | list[int] = field(
+        default="raster",
+        metadata={"help": "pixel ordering: raster (default), random:SEED or a permutation"},
+    )
+    init_scale: float = field(
+        default=0.01, metadata={"help": "standard deviation of the initial weights"}
+    )
 
     def validate(self) -> None:
         check_ordering_spec(self.ordering)
@@ -64,6 +69,6 @@ class FVSBN(OrderedModel):
         w = self.weight * self.mask.unsqueeze(1)  # (D, P, D), only j < i
         return torch.einsum("ipj,bj->bip", w, self._scale(xo)) + self.bias  # (B, D, P)
 
-    def _step_params(self, xo, i, state):
+    def _step_params(self, xo, i):
         w = self.weight[i, :, :i]  # (P, i): the mask is all ones there
-        return self._scale(xo[:, :i]) @ w.T + self.bias[i], state
+        return self._scale(xo[:, :i]) @ w.T + self.bias[i]

@@ -4,7 +4,7 @@
 
 Binary data: one logit per dimension, n parameters for n pixels. K levels: K-1 free logits per
 dimension (level 0 is the reference with logit 0), n(K-1) parameters. The maximum-likelihood
-fit is closed form: the empirical frequencies (:meth:`IndependentModel.fit`). Orderings do not
+fit is closed form: the empirical frequencies (:meth:`Independent.fit`). Orderings do not
 matter to this model (every ordering gives the same joint), and completion is always exact.
 
 Memory: the closed-form fits of this module, :mod:`.markov` and :mod:`.table` count in chunks
@@ -21,21 +21,30 @@ the mean image.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import draw_uniforms
 from .ordered import OrderedModel
 from .registry import register
 
 
 @dataclass
 class IndependentConfig:
-    ordering: str | list[int] = "raster"  # irrelevant to the joint; kept for a uniform interface
-    smoothing: float = 0.5  # pseudo-count added to every level by the closed-form fit
+    ordering: str | list[int] = field(
+        default="raster",
+        metadata={
+            "help": "pixel ordering (raster, random:SEED or a permutation); irrelevant to this model's joint, kept for a uniform interface"
+        },
+    )
+    smoothing: float = field(
+        default=0.5,
+        metadata={
+            "help": "pseudo-count added to every level by the closed-form fit (0.5: add-half smoothing)"
+        },
+    )
 
     def validate(self) -> None:
         if self.smoothing < 0:
@@ -122,10 +131,11 @@ def empirical_counts(values: Tensor, levels: int) -> Tensor:
 
 
 @register
-class IndependentModel(OrderedModel):
+class Independent(OrderedModel):
     name = "independent"
     Config = IndependentConfig
     supports = ("binary", "discrete")
+    supports_completion_any_mask = True  # every dimension is independent of the others
 
     def __init__(self, event_shape, levels, config: IndependentConfig):
         super().__init__(event_shape, levels, config)
@@ -135,9 +145,17 @@ class IndependentModel(OrderedModel):
         full = free_logits_to_full(self.logits[self.order], self.levels)  # (D, P)
         return full.unsqueeze(0).expand(xo.shape[0], -1, -1)
 
-    def _step_params(self, xo, i, state):
-        full = free_logits_to_full(self.logits[self.order[i]], self.levels)
-        return full.unsqueeze(0).expand(xo.shape[0], -1), state
+    # decoding: the dimensions are drawn in pixel order (the ordering is irrelevant here), all
+    # at once (IndependentDecoder.sample_all)
+    def decoder_order(self, part: int = 0) -> Tensor:
+        return torch.arange(self.dim, device=self._device)
+
+    def decoder(self, n: int, part: int = 0) -> IndependentDecoder:
+        return IndependentDecoder(self, n)
+
+    def teacher_params(self, xo: Tensor, part: int = 0) -> Tensor:
+        full = free_logits_to_full(self.logits, self.levels)  # (D, P), pixel order
+        return full.unsqueeze(0).expand(xo.shape[0], -1, -1)
 
     def _conditional_log_probs(self, x: Tensor) -> Tensor:
         if self.levels == 2:  # one logit per pixel: (B, D, 1) is no bigger than x
@@ -149,27 +167,8 @@ class IndependentModel(OrderedModel):
         out = logp.unsqueeze(0).expand(idx.shape[0], -1, -1).gather(-1, idx)
         return out.reshape(x.shape)
 
-    def _sample(self, n, given, mask, generator, **kwargs):
-        # every dimension is independent: draw them all at once
-        u = draw_uniforms(n, (self.dim,), generator, device=self._device)
-        full = free_logits_to_full(self.logits, self.levels)  # (D, P)
-        if self.levels == 2:
-            x = self.head.sample(full.unsqueeze(0).expand(n, -1, -1), u)
-        else:
-            # Categorical.sample, with the (D, K) cdf computed once and the comparison done a
-            # few images at a time (no (n, D, K) float64 tensor); the same draws bit for bit
-            cdf = torch.softmax(full.to(torch.float64), dim=-1).cumsum(-1)[:, :-1]  # (D, K-1)
-            step = rows_per_block(cdf.numel())
-            x = torch.cat(
-                [(cdf <= u[i : i + step].unsqueeze(-1)).sum(-1) for i in range(0, n, step)]
-            ).to(full.dtype)
-        x = x.reshape(n, *self.event_shape)
-        if given is not None:
-            x = torch.where(mask, given, x)
-        return x
-
     @torch.no_grad()
-    def fit(self, x: Tensor, chunk_size: int | None = None) -> IndependentModel:
+    def fit(self, x: Tensor, chunk_size: int | None = None) -> Independent:
         """Closed-form maximum-likelihood fit (with the config's smoothing): the empirical
         frequency of each level at each pixel. Counts ``chunk_size`` images at a time (default:
         :data:`FIT_CHUNK_VALUES` values); the result does not depend on it. Returns ``self``."""
@@ -179,3 +178,34 @@ class IndependentModel(OrderedModel):
             add_counts(counts, offsets + xc.flatten(1).long())
         self.logits.copy_(logits_from_counts(counts, self.config.smoothing, self.levels))
         return self
+
+
+class IndependentDecoder:
+    """Decoder of :class:`Independent`: no step depends on another, so
+    :meth:`sample_all` draws every dimension at once (the sampler uses it instead of the loop);
+    ``params`` / ``tell`` serve the step-by-step protocol all the same."""
+
+    def __init__(self, model: Independent, n: int):
+        self.model, self.n = model, n
+        self.order = model.decoder_order()
+
+    def params(self, i: int) -> Tensor:
+        full = free_logits_to_full(self.model.logits[i], self.model.levels)
+        return full.unsqueeze(0).expand(self.n, -1)
+
+    def tell(self, i: int, value: Tensor) -> None:
+        pass
+
+    def sample_all(self, u: Tensor) -> Tensor:
+        """``(n, D)`` uniforms -> ``(n, D)`` values, pixel order."""
+        model, n = self.model, self.n
+        full = free_logits_to_full(model.logits, model.levels)  # (D, P)
+        if model.levels == 2:
+            return model.head.sample(full.unsqueeze(0).expand(n, -1, -1), u)
+        # Categorical.sample, with the (D, K) cdf computed once and the comparison done a few
+        # images at a time (no (n, D, K) float64 tensor); the same draws bit for bit
+        cdf = torch.softmax(full.to(torch.float64), dim=-1).cumsum(-1)[:, :-1]  # (D, K-1)
+        step = rows_per_block(cdf.numel())
+        return torch.cat(
+            [(cdf <= u[i : i + step].unsqueeze(-1)).sum(-1) for i in range(0, n, step)]
+        ).to(full.dtype)

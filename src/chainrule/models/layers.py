@@ -19,29 +19,32 @@ check ``== 0.0``).
 Recurrent layers (input ``(B, F, H, W)``, output ``(B, h, H, W)`` with ``h`` units; gates in
 the order i, f, o, g; sigmoid on i, f, o and tanh on g; ``c' = f c + i g``, ``h' = o tanh c'``):
 
-* :class:`RowLSTM`: row ``r`` is computed from the whole row ``r`` of the input through a
+* :class:`RowLSTMLayer`: row ``r`` is computed from the whole row ``r`` of the input through a
   masked ``1 x k`` input-to-state convolution and from the hidden state of row ``r-1``
   through an unmasked ``1 x k`` state-to-state convolution (row ``r-1`` lies entirely in the
   past). The context of a pixel is a triangle above it, widening by ``k // 2`` per row: some
   earlier pixels are out of reach (see ``receptive_field``).
-* :class:`DiagonalBiLSTM`: the map is skewed (row ``r`` shifted right by ``r``) so that the
+* :class:`DiagonalBiLSTMLayer`: the map is skewed (row ``r`` shifted right by ``r``) so that the
   diagonals become columns; a masked ``1 x 1`` input-to-state convolution; a ``2 x 1``
   state-to-state convolution over the previous column, padded on top, so the state at pixel
   ``(r, c)`` comes from its left neighbour ``(r, c-1)`` and the pixel above ``(r-1, c)``. The
   second direction runs on the mirrored image (right neighbour and above) and its output is
   *shifted down by one row* before it is added, because it has seen the rest of its own row.
   With ``context_ch > 0`` the image itself also enters the right-to-left gates unmasked (see
-  :meth:`DiagonalBiLSTM.forward`); then one layer sees every previous pixel.
+  :meth:`DiagonalBiLSTMLayer.forward`); then one layer sees every previous pixel.
 
-Each recurrent layer has ``impl="fast"`` (whole-map input-to-state convolution, one matrix
-product per step for the state, both directions batched, only the valid cells of each diagonal
-computed) and ``impl="reference"`` (one row at a time with ``F.conv2d`` / ``F.conv1d`` for the
-Row LSTM; one *pixel* at a time on the unskewed image, from the definition above, for the
-Diagonal BiLSTM). The reference is the test oracle; the two agree to float64 rounding.
+Each recurrent layer has ``impl="auto"`` (formerly ``"fast"``: whole-map input-to-state
+convolution, one matrix product per step for the state, both directions batched, only the valid
+cells of each diagonal computed) and ``impl="naive"`` (formerly ``"reference"``: one row at a
+time with ``F.conv2d`` / ``F.conv1d`` for the Row LSTM; one *pixel* at a time on the unskewed
+image, from the definition above, for the Diagonal BiLSTM). The naive path is the test oracle;
+the two agree to float64 rounding.
 
-Steps are separable for a later cached sampler: :meth:`RowLSTM.step` maps one row of
-input-to-state gates and the previous row's ``(h, c)`` to the next; :meth:`DiagonalBiLSTM.step`
-does the same for one diagonal.
+Steps are separable: :meth:`RowLSTMLayer.step` maps one row of input-to-state gates and the
+previous row's ``(h, c)`` to the next; :meth:`DiagonalBiLSTMLayer.step` does the same for one
+diagonal. For sampling, each layer type also owns an incremental cache that advances by one
+pixel in raster order (``stack_cache``: :class:`PixelCNNBlockCache`, :class:`RowLSTMCache`,
+:class:`DiagonalBiLSTMStackCache`), so a new layer type brings its cache with it.
 """
 
 from __future__ import annotations
@@ -52,7 +55,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IMPLS = ("fast", "reference")
+#: computation paths, the library's one vocabulary: "auto" (the fast path for the device) and
+#: "naive" (the plain oracle, same weights); NADE adds its named fast paths "sparse", "block"
+IMPLS = ("auto", "naive")
+#: older names, still accepted (saved configs, scripts): "fast" = "auto", "reference" = "naive"
+IMPL_ALIASES = {"fast": "auto", "reference": "naive"}
+
+
+def canonical_impl(impl: str) -> str:
+    """``impl`` in the library's vocabulary (:data:`IMPLS`), older names translated."""
+    return IMPL_ALIASES.get(impl, impl)
 
 
 # ---------------------------------------------------------------------- masks
@@ -178,7 +190,7 @@ def lstm_update_plain(g: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # ---------------------------------------------------------------------- Row LSTM
-class RowLSTM(nn.Module):
+class RowLSTMLayer(nn.Module):
     """Row LSTM layer: ``(B, F, H, W)`` -> ``(B, units, H, W)``.
 
     Args:
@@ -186,12 +198,12 @@ class RowLSTM(nn.Module):
         units: hidden units h.
         colors: colour groups C.
         kernel: k of the ``1 x k`` input-to-state and state-to-state convolutions (odd).
-        impl: ``"fast"`` or ``"reference"`` (see module doc); both use the same weights.
+        impl: ``"auto"`` or ``"naive"`` (see module doc; older names accepted); same weights.
     """
 
-    def __init__(self, in_ch: int, units: int, colors: int, kernel: int = 3, impl: str = "fast"):
+    def __init__(self, in_ch: int, units: int, colors: int, kernel: int = 3, impl: str = "auto"):
         super().__init__()
-        self.units, self.kernel, self.impl = units, kernel, impl
+        self.units, self.kernel, self.impl = units, kernel, canonical_impl(impl)
         self.input_to_state = MaskedConv2d(
             in_ch, 4 * units, (1, kernel), "B", colors, out_groups=gate_groups(units, colors)
         )
@@ -200,10 +212,18 @@ class RowLSTM(nn.Module):
             torch.randn(4 * units, units, kernel) / math.sqrt(units * kernel)
         )
 
+    takes_context = False
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.impl == "reference":
+        if self.impl == "naive":
             return self.forward_reference(x)
         return self.forward_fast(x)
+
+    @staticmethod
+    def stack_cache(blocks, n: int, h: int, w: int, like: Tensor) -> StackCache:
+        """Incremental cache of a stack of :class:`Residual` Row LSTM blocks (one pixel at a
+        time, :class:`RowLSTMCache` per block)."""
+        return StackCache([RowLSTMCache(b, n, h, w, like) for b in blocks])
 
     def init_state(self, b: int, w: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """Zero ``(h, c)`` of the row above the image, each ``(B * W, h)``."""
@@ -303,7 +323,7 @@ def diagonal_order(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor
 
 
 # ---------------------------------------------------------------------- Diagonal BiLSTM
-class DiagonalBiLSTM(nn.Module):
+class DiagonalBiLSTMLayer(nn.Module):
     """Diagonal BiLSTM layer: ``(B, F, H, W)`` -> ``(B, units, H, W)``.
 
     Direction 0 runs left to right, direction 1 on the mirrored image (right to left); the
@@ -313,14 +333,14 @@ class DiagonalBiLSTM(nn.Module):
         in_ch: input features F.
         units: hidden units h (per direction).
         colors: colour groups C.
-        impl: ``"fast"`` or ``"reference"``.
+        impl: ``"auto"`` or ``"naive"`` (older names accepted).
     """
 
     def __init__(
-        self, in_ch: int, units: int, colors: int, impl: str = "fast", context_ch: int = 0
+        self, in_ch: int, units: int, colors: int, impl: str = "auto", context_ch: int = 0
     ):
         super().__init__()
-        self.units, self.impl = units, impl
+        self.units, self.impl = units, canonical_impl(impl)
         # input-to-state for both directions: one 1x1 masked conv with 2 * 4h outputs
         self.input_to_state = MaskedConv2d(
             in_ch, 8 * units, (1, 1), "B", colors, out_groups=gate_groups(units, colors).repeat(2)
@@ -337,6 +357,11 @@ class DiagonalBiLSTM(nn.Module):
             torch.randn(2, 2, units, 4 * units) / math.sqrt(2 * units)
         )
 
+    @property
+    def takes_context(self) -> bool:
+        """Whether :meth:`forward` takes the image as context (``context_ch > 0``)."""
+        return self.context_to_state is not None
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``x``: ``(B, F, H, W)`` features; ``context``: ``(B, C', H, W)`` the image, needed
         when the layer was built with ``context_ch = C'``.
@@ -351,9 +376,15 @@ class DiagonalBiLSTM(nn.Module):
         """
         if (context is None) != (self.context_to_state is None):
             raise ValueError("context must be given exactly when the layer has context_ch > 0")
-        if self.impl == "reference":
+        if self.impl == "naive":
             return self.forward_reference(x, context)
         return self.forward_fast(x, context)
+
+    @staticmethod
+    def stack_cache(blocks, n: int, h: int, w: int, like: Tensor) -> DiagonalBiLSTMStackCache:
+        """Incremental cache of a stack of :class:`Residual` Diagonal BiLSTM blocks (one
+        pixel at a time; the right-to-left direction of all layers batched per row)."""
+        return DiagonalBiLSTMStackCache(blocks, n, h, w, like)
 
     def combine(self, h: Tensor) -> Tensor:
         """``(2, B, h, H, W)`` outputs of both directions (direction 1 already mirrored back)
@@ -459,3 +490,237 @@ class DiagonalBiLSTM(nn.Module):
             hd = torch.stack([torch.stack(row, -1) for row in hs], -2)  # (B, h, H, W)
             outs.append(hd if d == 0 else hd.flip(-1))
         return self.combine(torch.stack(outs, 0))
+
+
+# ---------------------------------------------------------------------- residual blocks
+class PixelCNNBlock(MaskedConv2d):
+    """PixelCNN's residual layer ``s + conv(relu(s))`` with a ``k x k`` mask-B convolution
+    (its parameters are the convolution's: ``weight``, ``bias``)."""
+
+    def __init__(self, f: int, kernel: int, colors: int):
+        super().__init__(f, f, (kernel, kernel), "B", colors)
+
+    def forward(self, s: Tensor, context: Tensor | None = None) -> Tensor:
+        return s + super().forward(F.relu(s))
+
+    @staticmethod
+    def stack_cache(blocks, n: int, h: int, w: int, like: Tensor) -> StackCache:
+        return StackCache([PixelCNNBlockCache(b, n, h, w, like) for b in blocks])
+
+
+class Residual(nn.Module):
+    """A recurrent layer and its 1 x 1 mask-B projection back to the stream (paper: h -> 2h):
+    ``s + proj(rnn(s))`` (``rnn(s, context)`` for a layer that takes the image as context)."""
+
+    def __init__(self, rnn: nn.Module, units: int, f: int, c: int):
+        super().__init__()
+        self.rnn = rnn
+        self.proj = MaskedConv2d(units, f, (1, 1), "B", c)
+
+    def forward(self, s: Tensor, context: Tensor | None = None) -> Tensor:
+        h = self.rnn(s, context) if self.rnn.takes_context else self.rnn(s)
+        return s + self.proj(h)
+
+    @staticmethod
+    def stack_cache(blocks, n: int, h: int, w: int, like: Tensor):
+        """The incremental cache of a stack of these blocks: the recurrent layer's own."""
+        return type(blocks[0].rnn).stack_cache(blocks, n, h, w, like)
+
+
+# ---------------------------------------------------------------------- incremental caches
+# Each layer type knows how to advance by one pixel in raster order (the sampler's decoder,
+# :class:`chainrule.models.pixelrnn.PixelDecoder`, drives them): a stack cache has
+# ``begin_row(r)``, ``pixel(r, c, s) -> s'`` (``s``: ``(n, F)`` the stream at pixel (r, c)) and
+# ``end_row(r, image_row)`` (``image_row``: ``(W, n, C)`` the finished row's scaled values).
+def causal_rows_weight(conv: MaskedConv2d) -> tuple[Tensor, Tensor, int, int]:
+    """The masked weight restricted to the rows at and above the centre, laid out for a
+    channels-last patch: ``(p + 1) * kw * I`` inputs -> ``O`` outputs, as ``(in, O)``.
+
+    Returns ``(weight_t, bias, p, pw)`` with ``p = kh // 2``, ``pw = kw // 2``."""
+    w = conv.masked_weight()  # (O, I, kh, kw)
+    o, _, kh, kw = w.shape
+    p = kh // 2
+    wt = w[:, :, : p + 1, :].permute(0, 2, 3, 1).reshape(o, -1).t().contiguous()
+    bias = conv.bias if conv.bias is not None else w.new_zeros(o)
+    return wt, bias, p, kw // 2
+
+
+def linear_of(conv: MaskedConv2d) -> tuple[Tensor, Tensor]:
+    """A masked 1 x 1 convolution as ``(I, O)`` weight and ``(O,)`` bias."""
+    w = conv.masked_weight()[:, :, 0, 0]
+    bias = conv.bias if conv.bias is not None else w.new_zeros(w.shape[0])
+    return w.t().contiguous(), bias
+
+
+def lstm_into(g: Tensor, c_prev: Tensor, u: int, h_out: Tensor, c_out: Tensor) -> Tensor:
+    """:func:`lstm_update` written straight into caches: ``g`` ``(n, 4h)`` gates (i, f, o, g),
+    ``c_prev`` ``(n, h)``; fills ``h_out``, ``c_out`` (views) and returns ``h_out``."""
+    sg = torch.sigmoid(g[:, : 3 * u])
+    torch.addcmul(sg[:, u : 2 * u] * c_prev, sg[:, :u], torch.tanh(g[:, 3 * u :]), out=c_out)
+    return torch.mul(sg[:, 2 * u :], torch.tanh(c_out), out=h_out)
+
+
+class ConvCache:
+    """A masked k x k convolution evaluated one output pixel at a time from a cache of its
+    (padded, channels-last) input ``(n, H + p, W + 2 pw, I)``; rows below are never needed."""
+
+    def __init__(self, conv: MaskedConv2d, n: int, h: int, w: int, like: Tensor):
+        self.wt, self.bias, self.p, self.pw = causal_rows_weight(conv)
+        i = conv.weight.shape[1]
+        self.buf = like.new_zeros(n, h + self.p, w + 2 * self.pw, i)
+        self.n = n
+
+    def put(self, r: int, c: int, v: Tensor) -> None:
+        """Store the input ``(n, I)`` at pixel ``(r, c)``."""
+        self.buf[:, r + self.p, c + self.pw] = v
+
+    def patch(self, r: int, c: int) -> Tensor:
+        """The causal rows of the input patch around ``(r, c)``, flat: ``(n, (p+1) kw I)``."""
+        return self.buf[:, r : r + self.p + 1, c : c + 2 * self.pw + 1].reshape(self.n, -1)
+
+    def out(self, r: int, c: int) -> Tensor:
+        """Output ``(n, O)`` at ``(r, c)`` (the input at ``(r, c)`` must be stored)."""
+        return torch.addmm(self.bias, self.patch(r, c), self.wt)
+
+
+class StackCache:
+    """Caches of a stack of blocks, one per block, run one after the other."""
+
+    def __init__(self, caches: list):
+        self.caches = caches
+
+    def begin_row(self, r: int) -> None:
+        for b in self.caches:
+            b.begin_row(r)
+
+    def pixel(self, r: int, c: int, s: Tensor) -> Tensor:
+        for b in self.caches:
+            s = b.pixel(r, c, s)
+        return s
+
+    def end_row(self, r: int, image_row: Tensor) -> None:
+        pass
+
+
+class PixelCNNBlockCache:
+    """:class:`PixelCNNBlock` one pixel at a time: its input ``relu(s)`` cached."""
+
+    def __init__(self, conv: MaskedConv2d, n: int, h: int, w: int, like: Tensor):
+        self.conv = ConvCache(conv, n, h, w, like)
+
+    def begin_row(self, r: int) -> None:
+        pass
+
+    def pixel(self, r: int, c: int, s: Tensor) -> Tensor:
+        self.conv.put(r, c, F.relu(s))
+        return s + self.conv.out(r, c)
+
+
+class RowLSTMCache:
+    """``s + proj(RowLSTMLayer(s))`` one pixel at a time: per pixel, the masked 1 x k
+    input-to-state product over the current row's cached input and one LSTM update; per row,
+    the state-to-state convolution of the previous row."""
+
+    def __init__(self, block: Residual, n: int, h: int, w: int, like: Tensor):
+        rnn: RowLSTMLayer = block.rnn
+        self.u, self.k = rnn.units, rnn.kernel
+        self.conv = ConvCache(rnn.input_to_state, n, 1, w, like)  # one row (kernel height 1)
+        self.s2s = rnn.state_to_state.reshape(4 * self.u, self.u * self.k).t()  # (h*k, 4h)
+        self.proj_w, self.proj_b = linear_of(block.proj)
+        self.n, self.w = n, w
+        self.h_prev = like.new_zeros(n, w, self.u)  # (h, c) of the row above
+        self.c_prev = like.new_zeros(n, w, self.u)
+        self.h_cur = like.new_zeros(n, w, self.u)
+        self.c_cur = like.new_zeros(n, w, self.u)
+        # state-to-state gates of the row above, plus the input-to-state bias: (n, W, 4h)
+        self.gss = self.conv.bias.expand(n, w, 4 * self.u)  # row 0: the state above is zero
+
+    def begin_row(self, r: int) -> None:
+        if r == 0:
+            return
+        self.h_prev, self.h_cur = self.h_cur, self.h_prev
+        self.c_prev, self.c_cur = self.c_cur, self.c_prev
+        p = self.k // 2
+        hp = F.pad(self.h_prev, (0, 0, p, p))  # (n, W + 2p, h)
+        cols = hp.unfold(1, self.k, 1).reshape(self.n * self.w, self.u * self.k)
+        self.gss = torch.addmm(self.conv.bias, cols, self.s2s).view(self.n, self.w, 4 * self.u)
+
+    def pixel(self, r: int, c: int, s: Tensor) -> Tensor:
+        self.conv.put(0, c, s)
+        g = torch.addmm(self.gss[:, c], self.conv.patch(0, c), self.conv.wt)  # (n, 4h)
+        h = lstm_into(g, self.c_prev[:, c], self.u, self.h_cur[:, c], self.c_cur[:, c])
+        return torch.addmm(s + self.proj_b, h, self.proj_w)
+
+
+class DiagonalBiLSTMStackCache:
+    """All Diagonal BiLSTM blocks of a stack: direction 0 (left to right) per pixel;
+    direction 1 (right to left) over each finished row, all layers batched (it only reaches
+    the output shifted down one row)."""
+
+    def __init__(self, blocks: list[Residual], n: int, h: int, w: int, like: Tensor):
+        rnns: list[DiagonalBiLSTMLayer] = [b.rnn for b in blocks]
+        self.layers = len(rnns)
+        u = self.u = rnns[0].units
+        self.n, self.w = n, w
+        lin = [linear_of(r.input_to_state) for r in rnns]
+        self.in_w = [wt[:, : 4 * u].contiguous() for wt, _ in lin]  # direction 0: (F, 4h)
+        self.in_b = [b[: 4 * u] for _, b in lin]
+        self.in_w1 = torch.stack([wt[:, 4 * u :] for wt, _ in lin])  # direction 1: (L, F, 4h)
+        self.in_b1 = torch.stack([b[4 * u :] for _, b in lin])  # (L, 4h)
+        self.s2s = [r.state_to_state for r in rnns]  # (2, 2, h, 4h): (direction, tap)
+        # full_context: the whole (scaled) pixel, unmasked, into the right-to-left gates
+        ctx = [r.context_to_state for r in rnns]
+        self.ctx_w = torch.stack([c.t() for c in ctx]) if ctx[0] is not None else None  # (L, C, 4h)
+        self.s2s_1 = torch.stack([r.state_to_state[1] for r in rnns], 1)  # (2 taps, L, h, 4h)
+        proj = [linear_of(b.proj) for b in blocks]
+        self.proj_w = [wt for wt, _ in proj]
+        self.proj_b = [b for _, b in proj]
+        L = self.layers
+        # direction 0 state, padded with a zero row on top and a zero column on the left
+        self.h0 = like.new_zeros(L, h + 1, w + 1, n, u)
+        self.c0 = like.new_zeros(L, h + 1, w + 1, n, u)
+        self.row_in = like.new_zeros(L, w, n, rnns[0].input_to_state.weight.shape[1])  # inputs
+        self.h1_above = like.new_zeros(L, w, n, u)  # direction 1 of the row above: output term
+
+    def begin_row(self, r: int) -> None:
+        pass
+
+    def pixel(self, r: int, c: int, s: Tensor) -> Tensor:
+        for layer in range(self.layers):
+            s = self._pixel(layer, r, c, s)
+        return s
+
+    def _pixel(self, layer: int, r: int, c: int, s: Tensor) -> Tensor:
+        """Block ``layer`` at pixel ``(r, c)``: ``s`` ``(n, F)`` -> ``(n, F)``."""
+        self.row_in[layer, c] = s
+        s2s = self.s2s[layer]
+        g = torch.addmm(self.in_b[layer], s, self.in_w[layer])
+        g = torch.addmm(g, self.h0[layer, r, c + 1], s2s[0, 0])  # pixel above
+        g = torch.addmm(g, self.h0[layer, r + 1, c], s2s[0, 1])  # pixel to the left
+        h = lstm_into(
+            g,
+            self.c0[layer, r + 1, c],
+            self.u,
+            self.h0[layer, r + 1, c + 1],
+            self.c0[layer, r + 1, c + 1],
+        )
+        out = h + self.h1_above[layer, c]
+        return torch.addmm(s + self.proj_b[layer], out, self.proj_w[layer])
+
+    def end_row(self, r: int, image_row: Tensor) -> None:
+        """Direction 1 over the finished row ``r`` (right to left), every layer at once."""
+        L, n, u, w = self.layers, self.n, self.u, self.w
+        x = self.row_in.reshape(L, w * n, -1)
+        gin = torch.baddbmm(self.in_b1.unsqueeze(1), x, self.in_w1)  # (L, W * n, 4h)
+        if self.ctx_w is not None:
+            gin = gin + torch.matmul(image_row.reshape(w * n, -1), self.ctx_w)
+        gin = gin.view(L, w, n, 4 * u)
+        h = self.h1_above.new_zeros(L, n, u)
+        cell = torch.zeros_like(h)
+        new = torch.empty_like(self.h1_above)
+        for c in range(w - 1, -1, -1):
+            g = torch.baddbmm(gin[:, c], self.h1_above[:, c], self.s2s_1[0])  # above
+            g = torch.baddbmm(g, h, self.s2s_1[1])  # previous pixel (to the right)
+            h, cell = lstm_update(g, cell, u)
+            new[:, c] = h
+        self.h1_above = new

@@ -5,7 +5,7 @@
 Each conditional is a table: for every step i and every configuration of its (at most k)
 predecessors, K-1 free logits. With binary pixels and k = 1 that is 1 + 2(n-1) = 2n-1
 parameters; in general sum_i (K-1) K^min(i, k). The maximum-likelihood fit is closed form
-(transition counts, with optional additive smoothing): :meth:`MarkovModel.fit`.
+(transition counts, with optional additive smoothing): :meth:`Markov.fit`.
 
 Limits: the chain only sees the k pixels just before in the ordering. In raster order with
 k = 1 that is the pixel to the left (or the end of the previous row), so vertical structure is
@@ -19,7 +19,7 @@ rather than building a ``(batch, D, K)`` tensor; smaller batches gather their ro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +39,20 @@ from .registry import register
 
 @dataclass
 class MarkovConfig:
-    order: int = 1  # k: how many previous pixels (in the ordering) each pixel depends on
-    ordering: str | list[int] = "raster"
-    smoothing: float = 0.5  # pseudo-count for the closed-form fit
+    order: int = field(
+        default=1,
+        metadata={
+            "help": "k, how many previous pixels in the ordering each pixel depends on (1: the previous one)"
+        },
+    )
+    ordering: str | list[int] = field(
+        default="raster",
+        metadata={"help": "pixel ordering: raster (default), random:SEED or a permutation"},
+    )
+    smoothing: float = field(
+        default=0.5,
+        metadata={"help": "pseudo-count added to every transition count by the closed-form fit"},
+    )
 
     def validate(self) -> None:
         if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 1:
@@ -56,7 +67,7 @@ def _markov_count(d: int, levels: int, k: int) -> int:
 
 
 @register
-class MarkovModel(OrderedModel):
+class Markov(OrderedModel):
     name = "markov"
     Config = MarkovConfig
     supports = ("binary", "discrete")
@@ -118,15 +129,15 @@ class MarkovModel(OrderedModel):
         flat = (steps + self._contexts(xo)) * K + xo.long()  # (B, D)
         return self.from_ordered(logp.reshape(-1)[flat])
 
-    def _step_params(self, xo, i, state):
+    def _step_params(self, xo, i):
         k = min(self.k, i)
         prev = xo[:, i - k : i].long().flip(-1) if k else xo[:, :0].long()
         ctx = (prev * self.powers[:k]).sum(-1)  # (B,)
         free = self.first_logits[i][ctx] if i < self.k else self.logits[i - self.k][ctx]
-        return free_logits_to_full(free, self.levels), state
+        return free_logits_to_full(free, self.levels)
 
     @torch.no_grad()
-    def fit(self, x: Tensor, chunk_size: int | None = None) -> MarkovModel:
+    def fit(self, x: Tensor, chunk_size: int | None = None) -> Markov:
         """Closed-form fit: smoothed transition frequencies. Counts ``chunk_size`` images at a
         time (default from ``FIT_CHUNK_VALUES``); the result does not depend on it. Returns
         ``self``."""

@@ -52,15 +52,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import sampling
 from ..orderings import check_ordering_spec, resolve_ordering
-from .base import draw_uniforms, warn_if_not_prefix
 from .ordered import OrderedModel
 from .registry import register
 
@@ -70,15 +69,37 @@ IMPLS = ("auto", "naive", "sparse", "block")
 
 @dataclass
 class NADEConfig:
-    hidden: int = 64  # H, hidden units (the papers use 500)
-    activation: str = "sigmoid"  # "sigmoid" (the papers) or "relu"
-    ordering: str | list[int] = "raster"  # the first (or only) ordering
-    ensemble: int = 1  # E orderings in the uniform mixture (1: a single NADE)
-    ensemble_seed: int = 1  # orderings 2..E are "random:(ensemble_seed + e)"
-    embed_dim: int = 16  # K levels only: M = min(embed_dim, K)
-    impl: str = "auto"  # "auto" | "naive" | "sparse" | "block" (see the module doc)
-    block: int = 32  # steps per block of the "block" path
-    init_scale: float = 1.0  # multiplies the default initial weight scales
+    hidden: int = field(default=64, metadata={"help": "H, hidden units (the papers use 500)"})
+    activation: str = field(
+        default="sigmoid", metadata={"help": "hidden activation: sigmoid (the papers) or relu"}
+    )
+    ordering: str | list[int] = field(
+        default="raster",
+        metadata={"help": "the first (or only) ordering: raster, random:SEED or a permutation"},
+    )
+    ensemble: int = field(
+        default=1, metadata={"help": "E orderings in the uniform mixture (1: a single NADE)"}
+    )
+    ensemble_seed: int = field(
+        default=1, metadata={"help": "orderings 2..E of an ensemble are random:(ensemble_seed + e)"}
+    )
+    embed_dim: int = field(
+        default=16,
+        metadata={
+            "help": "K levels only: M = min(embed_dim, K) dimensions of the level embeddings"
+        },
+    )
+    impl: str = field(
+        default="auto",
+        metadata={
+            "help": "computation path: auto (sparse on CPU for binary data, else block), naive, sparse or block"
+        },
+    )
+    block: int = field(default=32, metadata={"help": "steps per block of the block path"})
+    init_scale: float = field(
+        default=1.0,
+        metadata={"help": "multiplies the default initial weight scales (1: unchanged)"},
+    )
 
     def validate(self) -> None:
         check_ordering_spec(self.ordering)
@@ -436,89 +457,38 @@ class NADE(OrderedModel):
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, n, given, mask, generator, *, sparse: bool = True, **kwargs):
-        """Ancestral sampling in O(DH) per image, keeping ``given`` where ``mask`` is True.
+        """Ancestral sampling in O(DH) per image (:class:`NADEDecoder`), keeping ``given``
+        where ``mask`` is True.
 
         ``sparse=False`` updates the hidden units of every row at every step (the reference
-        sampler); the default updates only the rows whose binary input is 1. Both give the same
-        images bit for bit from the same generator.
+        decoder); the default updates only the rows whose binary input is 1. Both give the same
+        images from the same generator.
         """
         if kwargs:
             raise ValueError(f"unexpected sample options for 'nade': {sorted(kwargs)}")
-        device, dtype = self._device, self._dtype
-        d, n_e = self.dim, self.config.ensemble
-        u = draw_uniforms(n, (d,), generator, device=device)  # one per step
-        comp = torch.zeros(n, dtype=torch.long, device=device)
-        if n_e > 1:
-            u_e = draw_uniforms(n, (1,), generator, device=device)[:, 0]
-            comp = self._choose_components(u_e, given, mask)
-        out = torch.zeros(n, d, device=device, dtype=dtype)  # pixel order
-        for e in range(n_e):
-            sel = (comp == e).nonzero()[:, 0]
-            if sel.numel() == 0:
-                continue
-            order = self.orders[e]
-            go = mo = None
-            if given is not None:
-                if n_e == 1:
-                    warn_if_not_prefix(mask.flatten(1), order)
-                go, mo = given.flatten(1)[sel][:, order], mask.flatten(1)[sel][:, order]
-            xo = self._sample_chain(e, u[sel], go, mo, sparse)
-            out[sel[:, None], order[None, :]] = xo
-        return out.reshape(n, *self.event_shape)
+        return sampling.sample(self, n, given, mask, generator, options={"sparse": sparse})
 
-    @torch.no_grad()
-    def _sample_chain(
-        self, e: int, u: Tensor, go: Tensor | None, mo: Tensor | None, sparse: bool
-    ) -> Tensor:
-        """Draw ``(n, D)`` values in the visiting order of ordering ``e`` from uniforms ``u``."""
-        n, d = u.shape
-        act = self.config.activation
-        w, v, bias = (self.by_step(t, e) for t in (self.weight_in, self.weight_out, self.bias_out))
-        xo = torch.zeros(n, d, device=u.device, dtype=self._dtype)
-        a = self.bias_hidden.unsqueeze(0).repeat(n, 1)  # (n, H), a copy (updated in place)
-        h = activate(a, act)
-        if self.levels != 2:
-            for i in range(d):
-                value = self.head.sample(self.head_params(h @ v[i].T, bias[i]), u[:, i])
-                if go is not None:
-                    value = torch.where(mo[:, i], go[:, i], value)
-                xo[:, i] = value
-                a = a + self.phi(value[:, None])[:, 0] @ w[i]
-                h = activate(a, act)
-            return xo
-        # binary: x = 1 iff log u < logsigmoid(logit), as distributions.Bernoulli.sample
-        log_u = torch.log(u.to(self._dtype))
-        w, v, bias = w[:, 0], v[:, 0], bias[:, 0]
-        logit = torch.empty(n, device=u.device, dtype=self._dtype)
-        log_u = log_u.T.contiguous()  # (D, n): one contiguous row per step
-        values = []
-        for i in range(d):
-            torch.addmv(bias[i], h, v[i], out=logit)
-            value = log_u[i] < F.logsigmoid(logit)
-            if go is not None:
-                value = torch.where(mo[:, i], go[:, i] > 0, value)
-            values.append(value)
-            if sparse:  # only the rows whose input is 1 change
-                r = value.nonzero()[:, 0]
-                if r.numel():
-                    new = a.index_select(0, r).add_(w[i])
-                    a.index_copy_(0, r, new)
-                    h.index_copy_(0, r, activate(new, act))
-            else:
-                a = a + value[:, None] * w[i]
-                h = activate(a, act)
-        return torch.stack(values, 1).to(self._dtype)
+    def decoder_order(self, part: int = 0) -> Tensor:
+        return self.orders[part]
 
-    def _choose_components(self, u_e: Tensor, given: Tensor | None, mask: Tensor | None):
-        """Pick each sample's ordering: uniformly, or from p(e | given) for a completion whose
-        given pixels are a prefix of every ordering (otherwise uniformly, with a warning)."""
+    def decoder(self, n: int, part: int = 0, *, sparse: bool = True) -> NADEDecoder:
+        return NADEDecoder(self, n, part, sparse)
+
+    def teacher_params(self, xo: Tensor, part: int = 0) -> Tensor:
+        return self.head_params(self.preoutputs(xo, part), self.by_step(self.bias_out, part))
+
+    def choose_parts(self, n, given, mask, generator) -> Tensor | None:
+        """Each sample's ordering (ensemble only): uniformly, or from p(e | given) for a
+        completion whose given pixels are a prefix of every ordering (otherwise uniformly,
+        with a warning). Draws one uniform per image, after the per-dimension ones."""
         n_e = self.config.ensemble
-        n = u_e.shape[0]
+        if n_e == 1:
+            return None
+        u_e = sampling.draw_uniforms(n, (1,), generator, device=self._device)[:, 0]
         logw = torch.zeros(n, n_e, device=u_e.device, dtype=torch.float64)
         if given is not None:
             m = mask.flatten(1)
-            prefix = all(_is_prefix(m, o) for o in self.orders)
-            if prefix:
+            if all(sampling.is_prefix(m, o) for o in self.orders):
                 for e in range(n_e):
                     mo = m[:, self.orders[e]]
                     lp = self.ordered_log_probs(given, e)  # prefix conditionals ignore the rest
@@ -528,16 +498,49 @@ class NADE(OrderedModel):
                     "the given pixels are not a prefix of every ordering of the ensemble: each "
                     "sample's ordering is drawn uniformly and each free pixel from p(x_i | x_<i), "
                     "so the completion is not an exact draw from p(rest | given)",
-                    stacklevel=4,
+                    stacklevel=5,
                 )
         cdf = torch.softmax(logw, 1).cumsum(1)
         return (cdf[:, :-1] <= u_e[:, None].double()).sum(1)
 
 
-def _is_prefix(mask: Tensor, order: Tensor) -> bool:
-    m = mask[:, order]
-    free_seen = torch.cumsum((~m).to(torch.int64), dim=1) > 0
-    return not bool((free_seen & m).any())
+class NADEDecoder:
+    """Incremental decoding of ordering ``part`` of a :class:`NADE`: the running activation
+    ``a`` ``(n, H)`` and hidden units ``h``; one matrix-vector product per step and one update
+    of ``a`` when told a value. Binary with ``sparse``: only the rows whose value is 1 change."""
+
+    def __init__(self, model: NADE, n: int, part: int, sparse: bool):
+        self.model, self.sparse = model, sparse
+        self.order = model.orders[part]
+        self.act = model.config.activation
+        self.binary = model.levels == 2
+        w, v, bias = (
+            model.by_step(t, part) for t in (model.weight_in, model.weight_out, model.bias_out)
+        )
+        if self.binary:
+            w, v, bias = w[:, 0], v[:, 0], bias[:, 0]
+        self.w, self.v, self.bias = w, v, bias
+        self.a = model.bias_hidden.unsqueeze(0).repeat(n, 1)  # (n, H), a copy (updated in place)
+        self.h = activate(self.a, self.act)
+
+    def params(self, i: int) -> Tensor:
+        if self.binary:
+            return torch.addmv(self.bias[i], self.h, self.v[i]).unsqueeze(-1)  # (n, 1)
+        return self.model.head_params(self.h @ self.v[i].T, self.bias[i])
+
+    def tell(self, i: int, value: Tensor) -> None:
+        if not self.binary:
+            self.a = self.a + self.model.phi(value[:, None])[:, 0] @ self.w[i]
+            self.h = activate(self.a, self.act)
+        elif self.sparse:  # only the rows whose input is 1 change
+            r = value.nonzero()[:, 0]
+            if r.numel():
+                new = self.a.index_select(0, r).add_(self.w[i])
+                self.a.index_copy_(0, r, new)
+                self.h.index_copy_(0, r, activate(new, self.act))
+        else:
+            self.a = self.a + value[:, None] * self.w[i]
+            self.h = activate(self.a, self.act)
 
 
 __all__ = [

@@ -6,23 +6,22 @@ vector ``x_o = x.flatten(1)[:, order]`` (``(B, D)``): step ``i`` of the chain ru
 
 * ``_ordered_params(xo)``: the output-head parameters of every step at once (teacher forcing),
   ``(B, D, P)``, where step ``i`` may depend on ``xo[:, :i]`` only;
-* optionally ``_step_params(xo, i, state)``: the parameters of step ``i`` alone, for a sampler
-  faster than recomputing everything at every step.
+* optionally ``_step_params(xo, i)``: the parameters of step ``i`` alone from ``xo[:, :i]``,
+  for a decoder faster than recomputing everything at every step (:class:`PrefixDecoder`), or
+  its own ``decoder`` (NADE, RNADE).
 
-This module turns those into exact log-likelihoods laid out like the image, and into a sampler
-with completion that draws each free dimension by the inverse CDF of one pre-drawn uniform.
+This module turns those into exact log-likelihoods laid out like the image, and into the
+decoding protocol of :mod:`chainrule.sampling` (the one sampler, with completion).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..distributions import head_for
 from ..orderings import inverse, resolve_ordering
-from .base import AutoregressiveModel, draw_uniforms, warn_if_not_prefix
+from .base import AutoregressiveModel
 
 #: refuse tabular models with more entries than this (2^27 floats: 0.5 GiB in float32)
 MAX_TABLE_ENTRIES = 2**27
@@ -54,12 +53,12 @@ class OrderedModel(AutoregressiveModel):
     order: Tensor
     inv_order: Tensor
 
-    def __init__(self, event_shape, levels, config, *, components: int = 1):
+    def __init__(self, event_shape, levels, config, *, head=None):
         super().__init__(event_shape, levels, config)
         order = resolve_ordering(getattr(config, "ordering", "raster"), self.event_shape)
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("inv_order", inverse(order), persistent=False)
-        self.head = head_for(levels, components)
+        self.head = head if head is not None else head_for(levels)
 
     # ------------------------------------------------------------------ layout
     def to_ordered(self, x: Tensor) -> Tensor:
@@ -75,13 +74,20 @@ class OrderedModel(AutoregressiveModel):
         """``(B, D)`` ordered values -> ``(B, D, P)`` head parameters of every step."""
         raise NotImplementedError
 
-    def _step_params(self, xo: Tensor, i: int, state: Any) -> tuple[Tensor, Any]:
-        """Parameters ``(B, P)`` of step ``i`` given ``xo[:, :i]``, and a state carried to the
-        next step. The default recomputes every step (correct for any model, O(D) slower)."""
-        return self._ordered_params(xo)[:, i], state
+    def _step_params(self, xo: Tensor, i: int) -> Tensor:
+        """Parameters ``(B, P)`` of step ``i`` given ``xo[:, :i]``. The default recomputes
+        every step (correct for any model, O(D) slower)."""
+        return self._ordered_params(xo)[:, i]
 
-    def _init_state(self, n: int) -> Any:
-        return None
+    # ------------------------------------------------------------------ decoding protocol
+    def decoder_order(self, part: int = 0) -> Tensor:
+        return self.order
+
+    def decoder(self, n: int, part: int = 0) -> PrefixDecoder:
+        return PrefixDecoder(self, n)
+
+    def teacher_params(self, xo: Tensor, part: int = 0) -> Tensor:
+        return self._ordered_params(xo)
 
     # ------------------------------------------------------------------ the chain rule
     def _conditional_log_probs(self, x: Tensor) -> Tensor:
@@ -89,27 +95,17 @@ class OrderedModel(AutoregressiveModel):
         params = self._ordered_params(xo)  # (B, D, P)
         return self.from_ordered(self.head.log_prob(params, xo))
 
-    def _sample(self, n, given, mask, generator, **kwargs):
-        if kwargs:
-            raise ValueError(f"unexpected sample options for {self.name!r}: {sorted(kwargs)}")
-        device, dtype = self._device, self._dtype
-        d = self.dim
-        u = draw_uniforms(n, (d,), generator, device=device)  # one uniform per step
-        if self.levels is None:  # a real-valued head needs a second uniform
-            u2 = draw_uniforms(n, (d,), generator, device=device)
-        xo = torch.zeros(n, d, device=device, dtype=dtype)
-        go = mo = None
-        if given is not None:
-            warn_if_not_prefix(mask.flatten(1), self.order)
-            go, mo = self.to_ordered(given), self.to_ordered(mask)
-        state = self._init_state(n)
-        for i in range(d):
-            params, state = self._step_params(xo, i, state)
-            if self.levels is None:
-                value = self.head.sample(params, u[:, i], u2[:, i])
-            else:
-                value = self.head.sample(params, u[:, i])
-            if go is not None:
-                value = torch.where(mo[:, i], go[:, i], value)
-            xo[:, i] = value
-        return self.from_ordered(xo)
+
+class PrefixDecoder:
+    """Decoder of a model whose step ``i`` reads the earlier values directly
+    (``model._step_params(xo, i)``): it keeps the values told so far, ``(n, D)``."""
+
+    def __init__(self, model: OrderedModel, n: int):
+        self.model, self.order = model, model.decoder_order()
+        self.xo = torch.zeros(n, model.dim, device=model._device, dtype=model._dtype)
+
+    def params(self, i: int) -> Tensor:
+        return self.model._step_params(self.xo, i)
+
+    def tell(self, i: int, value: Tensor) -> None:
+        self.xo[:, i] = value

@@ -28,10 +28,12 @@ Known limits: the Row LSTM sees a triangle above the pixel (it misses earlier pi
 side); PixelCNN's stacked 3 x 3 masks have the well-known blind spot to the upper right; both
 are still strictly causal, which the tests prove.
 
-Sampling: ``sample(n, method="cached")`` (the default) computes, for each new (pixel, channel),
-only that pixel's column through the stack, keeping convolution inputs and LSTM states in
-caches (:mod:`chainrule.models.cached`); ``method="naive"`` runs the whole network once per
-(pixel, channel) and is the oracle. Both turn the same generator into the same images.
+Sampling: ``sample(n, method="cached")`` (the default) is the library's one sampler
+(:mod:`chainrule.sampling`) driving :class:`PixelDecoder`, which computes, for each new (pixel,
+channel), only that pixel's column through the stack; each layer type keeps its convolution
+inputs and LSTM states in its own cache (defined next to the layer, :mod:`.layers`).
+``method="naive"`` runs the whole network once per (pixel, channel) and is the oracle
+(:func:`chainrule.sampling.naive_sample`). Both turn the same generator into the same images.
 
 A finding about the paper's Diagonal BiLSTM: written exactly as in the paper (mask-A input
 layer, mask-B 1 x 1 input-to-state, right-to-left output shifted down one row), it does *not*
@@ -46,17 +48,28 @@ layer as written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import sampling
 from ..distributions import head_for
 from ..orderings import raster_order
-from .base import AutoregressiveModel, draw_uniforms, warn_if_not_prefix
-from .layers import IMPLS, DiagonalBiLSTM, MaskedConv2d, RowLSTM
+from .base import AutoregressiveModel
+from .layers import (
+    IMPLS,
+    ConvCache,
+    DiagonalBiLSTMLayer,
+    MaskedConv2d,
+    PixelCNNBlock,
+    Residual,
+    RowLSTMLayer,
+    canonical_impl,
+    linear_of,
+)
 from .registry import register
 
 #: named option sets: ``chainrule.build("diagonal-bilstm", (1, 28, 28), 2,
@@ -104,19 +117,51 @@ class PixelRNNConfig:
     def model_name() -> str:  # the registry name whose PRESETS apply (a method, not a field)
         return ""
 
-    hidden: int = 8  # units per recurrent layer; the residual stream has 2 * hidden features
-    layers: int = 2  # recurrent (or, for PixelCNN, masked k x k) layers
-    kernel: int = 3
-    first_kernel: int = 7  # the mask-A input convolution is first_kernel x first_kernel
-    out_hidden: int = 0  # features of the 1 x 1 output layer; 0 means 2 * hidden
-    impl: str = "fast"  # "fast" or "reference" (the plain oracle; same weights)
+    hidden: int = field(
+        default=8,
+        metadata={"help": "units per recurrent layer; the residual stream has 2 * hidden features"},
+    )
+    layers: int = field(
+        default=2, metadata={"help": "recurrent (or, for PixelCNN, masked k x k) layers"}
+    )
+    kernel: int = field(
+        default=3,
+        metadata={"help": "k of the Row LSTM's 1 x k convolutions, or PixelCNN's k x k (odd)"},
+    )
+    first_kernel: int = field(
+        default=7,
+        metadata={
+            "help": "size of the mask-A input convolution, first_kernel x first_kernel (odd)"
+        },
+    )
+    out_hidden: int = field(
+        default=0, metadata={"help": "features of the 1 x 1 output layer (0: 2 * hidden)"}
+    )
+    impl: str = field(
+        default="auto",
+        metadata={
+            "help": "recurrent layers' path: auto (the fast path), or naive (the plain eager oracle; same weights); older names fast, reference accepted"
+        },
+    )
     # Diagonal BiLSTM only: feed the image, unmasked, into the right-to-left gates, which closes
     # the paper layer's blind spot (the last pixel of the row above; see layers.py). False: the
     # paper's layer exactly as written. Ignored by the other two models.
-    full_context: bool = True
-    preset: str = ""  # "" or a key of PRESETS[model]
+    full_context: bool = field(
+        default=True,
+        metadata={
+            "help": "Diagonal BiLSTM only: feed the image into the right-to-left gates, closing the paper layer's blind spot (False: the paper's layer as written)"
+        },
+    )
+    preset: str = field(
+        default="",
+        metadata={
+            "help": "named option set (a key of PRESETS for the model, e.g. paper-mnist) applied to fields left at their defaults ('': none)"
+        },
+    )
 
     def __post_init__(self) -> None:
+        if isinstance(self.impl, str):
+            self.impl = canonical_impl(self.impl)  # "fast" -> "auto", "reference" -> "naive"
         if self.preset:
             if not isinstance(self.preset, str):
                 raise ValueError(f"preset must be a string, got {self.preset!r}")
@@ -176,6 +221,12 @@ class _PixelNet(AutoregressiveModel):
     # PixelCNN 18.9 test nats where lr 1e-3 for 20 epochs stops at 20.6
     train_defaults = {"lr": 5e-3, "lr_schedule": "cosine", "epochs": 50, "patience": 10}
     Config = PixelRNNConfig
+    # the per-pixel products are far too small to gain from intra-op threads, and on a busy
+    # machine the threads' synchronisation makes them many times slower (measured 20x on 2
+    # shared cores): the sampler runs them on one thread
+    sample_threads = 1
+    supports_cuda_graph = True
+    supports_orderings = False  # raster order, channels innermost, is built into the masks
 
     def __init__(self, event_shape, levels, config: PixelRNNConfig):
         super().__init__(event_shape, levels, config)
@@ -199,10 +250,6 @@ class _PixelNet(AutoregressiveModel):
     def _make_block(self, f: int, c: int) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _block(self, block: nn.Module, s: Tensor, image: Tensor) -> Tensor:  # pragma: no cover
-        """One layer: stream ``s`` ``(B, F, H, W)``, scaled image ``(B, C, H, W)``."""
-        raise NotImplementedError
-
     # ------------------------------------------------------------------ network
     def _scale(self, x: Tensor) -> Tensor:
         return x * (2.0 / (self.levels - 1)) - 1.0  # whole numbers 0..K-1 -> [-1, 1]
@@ -212,7 +259,7 @@ class _PixelNet(AutoregressiveModel):
         image = self._scale(x)
         s = self.input_conv(image)
         for block in self.blocks:
-            s = self._block(block, s, image)
+            s = block(s, image)  # a layer that takes the image as context uses it
         return F.relu(self.out_conv1(F.relu(s)))
 
     def _params(self, x: Tensor) -> Tensor:
@@ -235,60 +282,115 @@ class _PixelNet(AutoregressiveModel):
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, n, given, mask, generator, *, method: str = "cached", **kwargs):
-        """``method="cached"`` (default): one pixel column per (pixel, channel) with caches
-        (:func:`chainrule.models.cached.sample_cached`, which also takes ``cuda_graph=True``).
-        ``method="naive"``: one network pass per (pixel, channel), on the rows up to the
-        current one (the oracle).
-
-        One uniform per dimension is drawn up front (``draw_uniforms(n, (D,))``), indexed by the
-        step in raster order with channels innermost, so both methods turn the same generator
-        into the same images.
-        """
+        """``method="cached"`` (default): the incremental decoder (:class:`PixelDecoder`, one
+        pixel column per (pixel, channel) with per-layer caches; also takes
+        ``cuda_graph=True``). ``method="naive"``: one network pass per (pixel, channel), the
+        oracle (:func:`chainrule.sampling.naive_sample`). Both turn the same generator into the
+        same images (one uniform per dimension, raster order with channels innermost)."""
         if method == "cached":
-            from .cached import sample_cached
-
-            return sample_cached(self, n, given, mask, generator, **kwargs)
+            return super()._sample(n, given, mask, generator, **kwargs)
         if method != "naive":
             raise ValueError(f"method must be 'cached' or 'naive', got {method!r}")
         if kwargs:
             raise ValueError(f"unexpected sample options for {self.name!r}: {sorted(kwargs)}")
+        return sampling.naive_sample(self, n, given, mask, generator)
+
+    def decoder_order(self, part: int = 0) -> Tensor:
+        return raster_order(self.event_shape).to(self._device)
+
+    def decoder(self, n: int, part: int = 0) -> PixelDecoder:
+        return PixelDecoder(self, n)
+
+    def teacher_params(self, xo: Tensor, part: int = 0) -> Tensor:
+        """``(n, D)`` values in raster order (channels innermost) -> ``(n, D, P)``."""
         c, h, w = self.event_shape
-        u = draw_uniforms(n, (self.dim,), generator, device=self._device)  # (n, D), step order
-        x = torch.zeros(n, c, h, w, device=self._device, dtype=self._dtype)
-        if given is not None:
-            warn_if_not_prefix(mask.flatten(1), raster_order(self.event_shape).to(mask.device))
-        step = 0
-        for r in range(h):
-            for col in range(w):
-                for k in range(c):
-                    keep = mask[:, k, r, col] if given is not None else None
-                    if keep is not None and bool(keep.all()):
-                        x[:, k, r, col] = given[:, k, r, col]
-                    else:
-                        params = self._params(x[:, :, : r + 1])[:, k, r, col]  # (n, P)
-                        value = self.head.sample(params, u[:, step])
-                        if keep is not None:
-                            value = torch.where(keep, given[:, k, r, col], value)
-                        x[:, k, r, col] = value
-                    step += 1
-        return x
+        x = xo.view(-1, h, w, c).permute(0, 3, 1, 2)
+        return self._params(x).permute(0, 2, 3, 1, 4).reshape(xo.shape[0], self.dim, -1)
 
 
-class _Residual(nn.Module):
-    """A recurrent layer and its 1 x 1 mask-B projection back to the stream (paper: h -> 2h)."""
+class PixelDecoder:
+    """Incremental decoding of a :class:`_PixelNet` in raster order, channels innermost.
 
-    def __init__(self, rnn: nn.Module, units: int, f: int, c: int):
-        super().__init__()
-        self.rnn = rnn
-        self.proj = MaskedConv2d(units, f, (1, 1), "B", c)
+    For each new (pixel, channel) only that pixel's column through the stack is computed; each
+    layer keeps what the next pixel needs in its own cache (``block.stack_cache``, defined with
+    the layer in :mod:`chainrule.models.layers`):
 
-    def forward(self, s: Tensor, context: Tensor | None = None) -> Tensor:
-        h = self.rnn(s) if context is None else self.rnn(s, context)
-        return s + self.proj(h)
+    * the 7 x 7 mask-A input convolution and PixelCNN's k x k mask-B convolutions: a cache of the
+      layer's *input* (padded, channels last); the new pixel's output is one matrix product of
+      the causal part of its patch with the masked weight;
+    * Row LSTM: the layer's input row and the previous row's ``(h, c)``; the state-to-state
+      convolution of the previous row once per row, then one LSTM update per pixel;
+    * Diagonal BiLSTM: the left-to-right ``(h, c)`` at every pixel; the right-to-left direction
+      only reaches the output shifted down one row, so it runs over each finished row (all
+      layers batched), with the row's image for ``full_context``;
+    * the residual additions and the 1 x 1 convolutions are per-pixel matrix products.
+
+    Colour: for channel ``k`` the pixel's column is computed with the values told so far
+    (channels ``>= k`` still 0); by the channel-group invariant of :mod:`~.layers` the features
+    of groups ``<= k`` are then exact. The last pass of a pixel (channel ``C - 1``, or one extra
+    pass when the last channels were given and not asked for) leaves every group exact.
+
+    Cost: O(D) small matrix products per image instead of O(D) full passes; memory O(layers * H
+    * W) features per image. The parameters agree with a full pass to rounding only (a per-pixel
+    product sums in another order than a whole-map convolution).
+    """
+
+    def __init__(self, model: _PixelNet, n: int):
+        c, h, w = model.event_shape
+        self.model, self.n, self.c, self.w = model, n, c, w
+        self.order = model.decoder_order()
+        like = torch.zeros((), device=model._device, dtype=model._dtype)
+        self.input = ConvCache(model.input_conv, n, h, w, like)
+        blocks = list(model.blocks)
+        self.stack = blocks[0].stack_cache(blocks, n, h, w, like)
+        self.out1_w, self.out1_b = linear_of(model.out_conv1)
+        w2, b2 = linear_of(model.out_conv2)  # (O, C * P): the logits of channel k together
+        p = model.head.num_params
+        self.out2 = [
+            (w2[:, k * p : (k + 1) * p].contiguous(), b2[k * p : (k + 1) * p]) for k in range(c)
+        ]
+        # the scaled value of an unseen pixel is never used (its weights are masked to exact
+        # zeros), but keep the cache equal to what a full pass sees: 0 -> scale(0)
+        inp = self.input
+        inp.buf[:, inp.p :, inp.pw : inp.pw + w] = model._scale(like)
+        self.row = -1  # the row begun
+        self.last = -1  # the last channel of the current pixel whose pass ran
+
+    def _where(self, i: int) -> tuple[int, int, int]:
+        pixel, k = divmod(i, self.c)
+        r, col = divmod(pixel, self.w)
+        if r != self.row:
+            self.stack.begin_row(r)
+            self.row = r
+        return r, col, k
+
+    def _column(self, r: int, col: int) -> Tensor:
+        """Run pixel ``(r, col)`` through the stack (updating the caches): ``(n, F)``."""
+        return self.stack.pixel(r, col, self.input.out(r, col))
+
+    def params(self, i: int) -> Tensor:
+        r, col, k = self._where(i)
+        s = self._column(r, col)
+        self.last = k
+        o = F.relu(torch.addmm(self.out1_b, F.relu(s), self.out1_w))
+        w2, b2 = self.out2[k]
+        return torch.addmm(b2, o, w2)
+
+    def tell(self, i: int, value: Tensor) -> None:
+        r, col, k = self._where(i)
+        inp = self.input
+        inp.buf[:, r + inp.p, col + inp.pw, k] = self.model._scale(value)
+        if k == self.c - 1:
+            if self.last != k:  # a later channel was given: bring every colour group up to date
+                self._column(r, col)
+            self.last = -1
+            if col == self.w - 1:
+                image_row = inp.buf[:, r + inp.p, inp.pw : inp.pw + self.w].transpose(0, 1)
+                self.stack.end_row(r, image_row)  # (W, n, C)
 
 
 @register
-class RowLSTMModel(_PixelNet):
+class RowLSTM(_PixelNet):
     """PixelRNN with Row LSTM layers (context: a triangle above the pixel)."""
 
     name = "row-lstm"
@@ -296,14 +398,11 @@ class RowLSTMModel(_PixelNet):
 
     def _make_block(self, f, c):
         cfg = self.config
-        return _Residual(RowLSTM(f, cfg.hidden, c, cfg.kernel, cfg.impl), cfg.hidden, f, c)
-
-    def _block(self, block, s, image):
-        return block(s)
+        return Residual(RowLSTMLayer(f, cfg.hidden, c, cfg.kernel, cfg.impl), cfg.hidden, f, c)
 
 
 @register
-class DiagonalBiLSTMModel(_PixelNet):
+class DiagonalBiLSTM(_PixelNet):
     """PixelRNN with Diagonal BiLSTM layers (context: every previous pixel)."""
 
     name = "diagonal-bilstm"
@@ -312,10 +411,7 @@ class DiagonalBiLSTMModel(_PixelNet):
     def _make_block(self, f, c):
         cfg = self.config
         ctx = c if cfg.full_context else 0
-        return _Residual(DiagonalBiLSTM(f, cfg.hidden, c, cfg.impl, ctx), cfg.hidden, f, c)
-
-    def _block(self, block, s, image):
-        return block(s, image if self.config.full_context else None)
+        return Residual(DiagonalBiLSTMLayer(f, cfg.hidden, c, cfg.impl, ctx), cfg.hidden, f, c)
 
 
 @register
@@ -329,8 +425,4 @@ class PixelCNN(_PixelNet):
     Config = PixelCNNConfig
 
     def _make_block(self, f, c):
-        k = self.config.kernel
-        return MaskedConv2d(f, f, (k, k), "B", c)
-
-    def _block(self, block, s, image):
-        return s + block(F.relu(s))
+        return PixelCNNBlock(f, self.config.kernel, c)

@@ -38,14 +38,19 @@ Known limits: one hidden layer; the mixture's components are tied to ``h_i`` lin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..distributions import (  # noqa: F401  (re-exported: the truncated mixture's pieces)
+    head_for,
+    log1mexp,
+    log_diff_ndtr,
+    mixture_log_mass,
+    sample_truncated_mixture,
+)
 from ..orderings import check_ordering_spec
-from .base import draw_uniforms, warn_if_not_prefix
 from .nade import ACTIVATIONS, BlockNADE, _check_int, activate, naive_preoutputs
 from .ordered import OrderedModel
 from .registry import register
@@ -55,14 +60,29 @@ SUPPORTS = ("unit", "real")
 
 @dataclass
 class RNADEConfig:
-    hidden: int = 64  # H, hidden units
-    components: int = 3  # K Gaussians per conditional
-    activation: str = "sigmoid"  # "sigmoid" or "relu"
-    ordering: str | list[int] = "raster"
-    support: str = "unit"  # "unit": mixtures truncated to [0, 1]; "real": as in the paper
-    impl: str = "auto"  # "auto" (= "block") | "naive" | "block"
-    block: int = 32  # steps per block of the "block" path
-    init_scale: float = 1.0
+    hidden: int = field(default=64, metadata={"help": "H, hidden units"})
+    components: int = field(default=3, metadata={"help": "K Gaussians in each conditional mixture"})
+    activation: str = field(
+        default="sigmoid", metadata={"help": "hidden activation: sigmoid or relu"}
+    )
+    ordering: str | list[int] = field(
+        default="raster",
+        metadata={"help": "pixel ordering: raster (default), random:SEED or a permutation"},
+    )
+    support: str = field(
+        default="unit",
+        metadata={
+            "help": "unit: mixtures truncated to [0, 1] (a proper density there); real: untruncated, as in the paper"
+        },
+    )
+    impl: str = field(
+        default="auto", metadata={"help": "computation path: auto (= block), naive or block"}
+    )
+    block: int = field(default=32, metadata={"help": "steps per block of the block path"})
+    init_scale: float = field(
+        default=1.0,
+        metadata={"help": "multiplies the default initial weight scales (1: unchanged)"},
+    )
 
     def validate(self) -> None:
         check_ordering_spec(self.ordering)
@@ -79,52 +99,6 @@ class RNADEConfig:
             raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
 
 
-# ---------------------------------------------------------------------- truncated mixtures
-def log_diff_ndtr(lo: Tensor, hi: Tensor) -> Tensor:
-    """log(Phi(hi) - Phi(lo)) for lo <= hi, accurate in both tails."""
-    flip = lo > 0  # in the upper tail use Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi)
-    lo, hi = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
-    lhi, llo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
-    return lhi + log1mexp(llo - lhi)
-
-
-def log1mexp(d: Tensor) -> Tensor:
-    """log(1 - exp(d)) for d <= 0 (Maechler's two branches)."""
-    d = d.clamp(max=0.0)
-    return torch.where(d > -math.log(2.0), torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
-
-
-def mixture_log_mass(params: Tensor, components: int) -> Tensor:
-    """log of the mass that the mixture ``params (..., 3K)`` puts on [0, 1], ``(...)``."""
-    logit_w, mu, log_sigma = params.split(components, -1)
-    inv_sigma = torch.exp(-log_sigma)
-    mass = log_diff_ndtr(-mu * inv_sigma, (1.0 - mu) * inv_sigma)  # (..., K)
-    return torch.logsumexp(F.log_softmax(logit_w, -1) + mass, -1)
-
-
-def sample_truncated_mixture(params: Tensor, u: Tensor, u2: Tensor, components: int) -> Tensor:
-    """Exact draw from the mixture ``params (n, 3K)`` truncated to [0, 1], by inverse CDFs.
-
-    ``u`` picks the component (weights alpha_k times its mass in [0, 1]); ``u2`` is mapped to
-    the truncated normal. Computed in float64; returns ``(n,)`` in [0, 1].
-    """
-    p = params.to(torch.float64)
-    logit_w, mu, log_sigma = p.split(components, -1)
-    sigma = torch.exp(log_sigma)
-    lo, hi = -mu / sigma, (1.0 - mu) / sigma  # standardized bounds, (n, K)
-    logw = F.log_softmax(logit_w, -1) + log_diff_ndtr(lo, hi)
-    cdf = torch.softmax(logw, -1).cumsum(-1)
-    k = (cdf[..., :-1] <= u.to(torch.float64)[..., None]).sum(-1, keepdim=True)  # (n, 1)
-    lo, hi, mu, sigma = (t.gather(-1, k)[..., 0] for t in (lo, hi, mu, sigma))
-    flip = lo > 0  # sample -y on [-hi, -lo] in the upper tail, where Phi loses precision
-    a, b = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
-    v = u2.to(torch.float64).clamp(1e-300, 1.0)
-    log_p = torch.logaddexp(torch.special.log_ndtr(a), torch.log(v) + log_diff_ndtr(a, b))
-    y = torch.special.ndtri(torch.exp(log_p)).clamp(a, b)
-    y = torch.where(flip, -y, y)
-    return (mu + sigma * y).clamp(0.0, 1.0).to(params.dtype)
-
-
 # ---------------------------------------------------------------------- the model
 @register
 class RNADE(OrderedModel):
@@ -135,7 +109,8 @@ class RNADE(OrderedModel):
     supports = ("real",)
 
     def __init__(self, event_shape, levels, config: RNADEConfig):
-        super().__init__(event_shape, levels, config, components=config.components)
+        head = head_for(levels, config.components, truncated=config.support == "unit")
+        super().__init__(event_shape, levels, config, head=head)
         d, hid, k = self.dim, config.hidden, config.components
         s = config.init_scale
         self.weight_in = nn.Parameter(torch.randn(d, 1, hid) * s / math.sqrt(d))  # (D, 1, H)
@@ -164,11 +139,7 @@ class RNADE(OrderedModel):
 
     def ordered_log_probs(self, xo: Tensor, impl: str | None = None) -> Tensor:
         """Per-step log densities ``(B, D)`` in visiting order."""
-        params = self._ordered_params(xo, impl)
-        lp = self.head.log_prob(params, xo)
-        if self.config.support == "unit":
-            lp = lp - mixture_log_mass(params, self.components)
-        return lp
+        return self.head.log_prob(self._ordered_params(xo, impl), xo)
 
     def _conditional_log_probs(self, x: Tensor) -> Tensor:
         return self.from_ordered(self.ordered_log_probs(self.to_ordered(x)))
@@ -179,31 +150,26 @@ class RNADE(OrderedModel):
         a = self.bias_hidden + x.flatten(1) @ self.weight_in[:, 0]
         return activate(a, self.config.activation)
 
-    def _sample(self, n, given, mask, generator, **kwargs):
-        """Ancestral sampling in O(DH) per image. With ``support="real"`` values outside
-        [0, 1] are returned as drawn (see the module doc)."""
-        if kwargs:
-            raise ValueError(f"unexpected sample options for 'rnade': {sorted(kwargs)}")
-        device, dtype, d, k = self._device, self._dtype, self.dim, self.components
-        u = draw_uniforms(n, (d,), generator, device=device)
-        u2 = draw_uniforms(n, (d,), generator, device=device)
-        go = mo = None
-        if given is not None:
-            warn_if_not_prefix(mask.flatten(1), self.order)
-            go, mo = self.to_ordered(given), self.to_ordered(mask)
-        w, v = self.weight_in[self.order, 0], self.weight_out[self.order]  # (D, H), (D, 3K, H)
-        rho, bias = self.rho[self.order], self.bias_out[self.order]
-        act = self.config.activation
-        xo = torch.zeros(n, d, device=device, dtype=dtype)
-        a = self.bias_hidden.expand(n, -1)
-        for i in range(d):
-            params = activate(rho[i] * a, act) @ v[i].T + bias[i]  # (n, 3K)
-            if self.config.support == "unit":
-                value = sample_truncated_mixture(params, u[:, i], u2[:, i], k)
-            else:
-                value = self.head.sample(params, u[:, i], u2[:, i])
-            if go is not None:
-                value = torch.where(mo[:, i], go[:, i], value)
-            xo[:, i] = value
-            a = a + value[:, None] * w[i]
-        return self.from_ordered(xo)
+    # ------------------------------------------------------------------ decoding
+    # ``sample`` is the one sampler of :mod:`chainrule.sampling`; with ``support="real"`` values
+    # outside [0, 1] are returned as drawn (see the module doc)
+    def decoder(self, n: int, part: int = 0) -> RNADEDecoder:
+        return RNADEDecoder(self, n)
+
+
+class RNADEDecoder:
+    """Incremental decoding of :class:`RNADE`: the running activation ``a`` ``(n, H)``; per
+    step the mixture's parameters from ``act(rho_i a)``, and ``a += x_i W_i`` when told."""
+
+    def __init__(self, model: RNADE, n: int):
+        order = self.order = model.order
+        self.w, self.v = model.weight_in[order, 0], model.weight_out[order]  # (D, H), (D, 3K, H)
+        self.rho, self.bias = model.rho[order], model.bias_out[order]
+        self.act = model.config.activation
+        self.a = model.bias_hidden.expand(n, -1)
+
+    def params(self, i: int) -> Tensor:
+        return activate(self.rho[i] * self.a, self.act) @ self.v[i].T + self.bias[i]  # (n, 3K)
+
+    def tell(self, i: int, value: Tensor) -> None:
+        self.a = self.a + value[:, None] * self.w[i]

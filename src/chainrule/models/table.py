@@ -6,17 +6,17 @@ with every conditional a table over *all* configurations of the previous pixels:
 K^i contexts of K-1 free logits, sum_i (K-1) K^i = K^n - 1 parameters in all, exactly the
 number of free parameters of an arbitrary distribution over K^n states. It is the exact
 reference for tiny n and a lesson in why the rest of the ladder exists: for a 28 x 28 binary
-image it would need 2^784 - 1 parameters. :meth:`TableModel.count_parameters` gives that count
+image it would need 2^784 - 1 parameters. :meth:`Table.count_parameters` gives that count
 as an exact integer; building such a model is refused with a message naming the size.
 
-The closed-form fit (:meth:`TableModel.fit`) recovers the empirical distribution exactly. It
+The closed-form fit (:meth:`Table.fit`) recovers the empirical distribution exactly. It
 counts in chunks of images into ``int64`` tables of the parameters' size (see
 :mod:`.independent`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -36,8 +36,13 @@ from .registry import register
 
 @dataclass
 class TableConfig:
-    ordering: str | list[int] = "raster"
-    smoothing: float = 0.5  # pseudo-count for the closed-form fit
+    ordering: str | list[int] = field(
+        default="raster",
+        metadata={"help": "pixel ordering: raster (default), random:SEED or a permutation"},
+    )
+    smoothing: float = field(
+        default=0.5, metadata={"help": "pseudo-count added to every count by the closed-form fit"}
+    )
 
     def validate(self) -> None:
         if self.smoothing < 0:
@@ -46,7 +51,7 @@ class TableConfig:
 
 
 @register
-class TableModel(OrderedModel):
+class Table(OrderedModel):
     name = "table"
     Config = TableConfig
     supports = ("binary", "discrete")
@@ -79,16 +84,14 @@ class TableModel(OrderedModel):
             ctx = ctx * self.levels + xo[:, i].long()  # mixed-radix index of x_<=i
         return torch.stack(out, 1)  # (B, D, P)
 
-    def _init_state(self, n):
-        return torch.zeros(n, dtype=torch.int64, device=self._device)
-
-    def _step_params(self, xo, i, ctx):
-        if i > 0:
-            ctx = ctx * self.levels + xo[:, i - 1].long()
-        return free_logits_to_full(self.logits[i][ctx], self.levels), ctx
+    def _step_params(self, xo, i):
+        ctx = torch.zeros(xo.shape[0], dtype=torch.int64, device=xo.device)
+        for j in range(i):  # mixed-radix index of x_<i (i is at most log2 of the table size)
+            ctx = ctx * self.levels + xo[:, j].long()
+        return free_logits_to_full(self.logits[i][ctx], self.levels)
 
     @torch.no_grad()
-    def fit(self, x: Tensor, chunk_size: int | None = None) -> TableModel:
+    def fit(self, x: Tensor, chunk_size: int | None = None) -> Table:
         """Closed-form fit: smoothed frequencies of every conditional. With ``smoothing=0`` the
         model's joint equals the empirical distribution of ``x``. Counts ``chunk_size`` images
         at a time (default from ``FIT_CHUNK_VALUES``); the result does not depend on it.
