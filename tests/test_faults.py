@@ -48,7 +48,7 @@ ARGS = [
 #: a child that trains through the CLI, each step slowed down so that a kill lands mid-epoch
 SLOW_CHILD = textwrap.dedent("""
     import sys, time
-    import chainrule.train as T
+    import chainrule.training.trainer as T
     _orig = T.to_model_input
     def slow(*a, **k):
         time.sleep(0.06)
@@ -237,7 +237,7 @@ def test_unwritable_run_folder_is_reported_before_training(tmp_path, capsys):
 def test_full_disk_is_reported_before_training(tmp_path, capsys, monkeypatch):
     import shutil
 
-    import chainrule.train as T
+    import chainrule.training.run_folder as T
 
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(T.shutil, "disk_usage", lambda p: usage._replace(free=1000))
@@ -366,7 +366,7 @@ def test_run_folder_is_only_json_safetensors_and_png(finished):
 
 def test_time_based_checkpoints_within_an_epoch(tmp_path, monkeypatch):
     """checkpoint_minutes: the state is saved mid-epoch once that much time has passed."""
-    import chainrule.train as T
+    import chainrule.training.run_folder as T
 
     saved = []
     real = T.save_state

@@ -160,7 +160,7 @@ def test_2_resume_may_change_epochs_patience_and_cadence(finished, capsys, tmp_p
 
 # ---------------------------------------------------------------------- 3. stopped runs go on
 def test_3_a_run_stopped_early_or_by_its_budget_can_be_continued(capsys, tmp_path, monkeypatch):
-    import chainrule.train as T
+    import chainrule.training.trainer as T
 
     run_dir = tmp_path / "early"
     real = T._summarize

@@ -5,7 +5,7 @@ reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR`` / ``MASTER_P
 environment. :func:`setup` joins them into one process group: backend ``nccl`` when the
 processes train on CUDA (process ``LOCAL_RANK`` on GPU ``LOCAL_RANK``), ``gloo`` on CPU.
 
-How the work is split (see ``train.py``):
+How the work is split (see :mod:`chainrule.training.trainer`):
 
 * The data order of epoch ``e`` is one permutation seeded by ``(seed, e)``, the same in every
   process. Global batch ``b`` is the slice ``order[b*B:(b+1)*B]`` (``B = --batch-size``, the
@@ -46,8 +46,6 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    #: True when :func:`setup` created the process group (and :func:`teardown` should end it)
-    owns_group: bool = False
     #: True inside a process group (also of one process, under ``torchrun --nproc_per_node=1``)
     group: bool = False
 
@@ -107,19 +105,12 @@ def setup(device: torch.device) -> Dist:
     # the group lives as long as the process: a second train() call reuses it (joining a new
     # group through torchrun's store again, in the same process, is not reliable)
     atexit.register(_destroy)
-    return Dist(rank, world, local_rank, owns_group=True, group=True)
+    return Dist(rank, world, local_rank, group=True)
 
 
 def _destroy() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def teardown(d: Dist) -> None:
-    """End the process group now (only one that :func:`setup` created). ``train`` does not
-    call this: the group is ended when the process exits."""
-    if d.owns_group:
-        _destroy()
 
 
 def process_device(device: torch.device) -> torch.device:
@@ -134,6 +125,22 @@ def all_sum(d: Dist, values: list[float], device: torch.device) -> list[float]:
     if not d.enabled:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def all_sum_with(
+    d: Dist, value: torch.Tensor, values: list[float], device: torch.device
+) -> list[float]:
+    """``[value, *values]`` summed over all processes and read back with one host
+    synchronisation (the training step's only one); ``value`` is a 0-dim tensor that may still
+    be computed on the device."""
+    if not d.enabled:
+        return [value.item(), *values]
+    t = torch.empty(1 + len(values), dtype=torch.float64, device=device)
+    t[0] = value  # a copy on the device, and fills from host numbers: no synchronisation
+    for i, v in enumerate(values):
+        t[i + 1] = v
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
