@@ -33,11 +33,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -47,6 +44,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from _common import header as _header  # noqa: E402
+from _common import write_json  # noqa: E402
 
 import chainrule  # noqa: E402
 from chainrule import anomaly  # noqa: E402
@@ -77,25 +77,8 @@ SIZES: dict[str, dict[str, dict]] = {
 }
 
 
-def machine() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def header(args: argparse.Namespace, device: torch.device) -> dict:
-    return {
-        "command": shlex.join(["python", *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "torch": torch.__version__,
-        "device": str(device),
-    }
+    return _header(device, device=str(device))
 
 
 def subset(x: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
@@ -341,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
         "flip_raw_likelihood_auroc": {k: out["auroc"][k]["flip"]["nll"] for k in out["auroc"]},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.out, out)
     print(json.dumps({"best": out["best"], "targets": out["targets"]}, indent=2))
     print(f"wrote {args.out}")
     return out

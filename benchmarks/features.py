@@ -29,7 +29,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import write_json  # noqa: E402
 from anomaly import ROOT, SIZES, get_models, header  # noqa: E402
 
 import chainrule  # noqa: E402
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     if digit_models:
         probe_all(digit_models, digits, out, not args.no_untrained)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.out, out)
     print(f"wrote {args.out}")
     return out
 

@@ -26,22 +26,16 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from _common import ROOT, binarized_mnist, load_average, machine, now, timed, write_json
 
 import chainrule  # noqa: E402
 from chainrule.models.base import draw_uniforms  # noqa: E402
@@ -84,55 +78,9 @@ def reference_sample(model, n: int, generator: torch.Generator) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- helpers
 def init_output_bias(model, train_x: torch.Tensor) -> None:
-    """Output biases = logits of the training pixel means (the model's own init is 0: p = 0.5),
-    clamped away from 0 and 1: each conditional starts at its pixel's marginal."""
-    with torch.no_grad():
-        mean = train_x.flatten(1).mean(0).clamp(1e-3, 1 - 1e-3).to(model.bias_out)
-        model.bias_out[:, 0] = torch.log(mean) - torch.log1p(-mean)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def machine(device: torch.device) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    try:
-        info["load_average_at_start"] = os.getloadavg()
-    except OSError:
-        pass
-    return info
-
-
-def load_binarized_mnist(data_dir: Path) -> dict[str, torch.Tensor]:
-    path = data_dir / "binarized_mnist.npz"
-    if not path.is_file():
-        raise SystemExit(
-            f"error: {path} not found (give --data-dir, the folder of binarized_mnist.npz)"
-        )
-    z = np.load(path)
-    return {
-        k: torch.from_numpy(z[k].astype(np.float32)).reshape(-1, 1, 28, 28)
-        for k in ("train", "valid", "test")
-    }
-
-
-def timed(fn, device) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one call."""
-    sync(device)
-    t0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0, time.process_time() - c0
+    """Output biases at the data's log-frequencies: the model's own method, which the
+    trainer's ``init_output_bias`` hook (``--init-output-bias``) calls too."""
+    model.init_output_bias(train_x.to(torch.uint8))
 
 
 # ---------------------------------------------------------------------- part 1: throughput
@@ -220,7 +168,7 @@ def throughput(args, device, data) -> dict:
         "cpu_seconds_per_repeat": {k: [round(t, 4) for t in v] for k, v in cpu.items()},
         "train_speedup_cpu_time": med_cpu["train_ref"] / med_cpu["train_fast"],
         "sample_speedup_cpu_time": med_cpu["sample_ref"] / med_cpu["sample_fast"],
-        "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_average_at_end": load_average(),
         "note": "a training step is forward + backward + Adam step of -mean log p(x) over one batch",
     }
     print(
@@ -385,14 +333,14 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if device.type == "cuda" and not args.block:
         args.block = 64
-    data = load_binarized_mnist(Path(args.data_dir))
+    data = binarized_mnist(args.data_dir, dtype=torch.float32)
     out = {
         "benchmark": "nade",
         "command": "python "
         + " ".join(
             [os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]
         ),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": now(),
         f"machine_{device.type}": machine(device),
         "torch_version": torch.__version__,
         "data": "binarized MNIST, fixed binarization (Larochelle & Murray 2011), 50000/10000/10000",
@@ -452,7 +400,7 @@ def main(argv=None) -> int:
         ]:
             out.pop(k)  # a check run never replaces a full training result
     merged = {**old, **out, "history": history[-20:]}
-    path.write_text(json.dumps(merged, indent=2, default=float) + "\n")
+    write_json(path, merged)
     print(f"wrote {path}")
     return 0
 

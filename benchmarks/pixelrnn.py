@@ -32,21 +32,17 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from _common import ROOT, binarized_mnist, machine, now, write_json  # noqa: E402
+from _common import timed as _timed  # noqa: E402
 
 import chainrule  # noqa: E402
 from chainrule.models import layers  # noqa: E402
@@ -85,27 +81,10 @@ def options(name: str, size: str) -> dict:
 
 
 def load_binarized_mnist(data_dir: str | None):
-    """(train, test) uint8 tensors ``(N, 1, 28, 28)`` of the fixed binarization."""
-    try:
-        from chainrule.data import load_dataset
-
-        s = load_dataset("binarized-mnist", data_dir)
-        return s.train, s.test
-    except Exception as e:  # the loader may be missing or the data absent: say which
-        dirs = [data_dir, os.environ.get("CHAINRULE_DATA"), str(ROOT.parent / "shared" / "data")]
-        for d in dirs:
-            if d and (Path(d) / "binarized_mnist.npz").is_file():
-                z = np.load(Path(d) / "binarized_mnist.npz")
-                return (
-                    torch.from_numpy(z["train"]).unsqueeze(1),
-                    torch.from_numpy(z["test"]).unsqueeze(1),
-                )
-        raise SystemExit(f"binarized MNIST not found ({e}); give --data-dir") from None
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    """(train, test) uint8 tensors ``(N, 1, 28, 28)`` of the fixed binarization, through the
+    library's loader (sha256-checked)."""
+    d = binarized_mnist(data_dir)
+    return d["train"], d["test"]
 
 
 def autocast(device: torch.device, amp: bool):
@@ -168,11 +147,7 @@ def eval_pass(model, x, device, amp) -> float:
 
 
 def timed(fn, device) -> float:
-    sync(device)
-    t = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t
+    return _timed(fn, device)[0]
 
 
 def throughput(args, device, x) -> list[dict]:
@@ -408,14 +383,10 @@ def main(argv=None) -> None:
     result = {
         "benchmark": "pixelrnn",
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": now(),
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
+            **machine(),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-            "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         },
         "torch": torch.__version__,
         "dtype": "float32" + (" + bf16 autocast" if args.amp and device.type == "cuda" else ""),
@@ -440,7 +411,7 @@ def main(argv=None) -> None:
             if not ran and old.get(part):
                 result[part] = old[part]
                 result[f"{part}_from_run"] = {k: old.get(k) for k in ("command", "date", "machine")}
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"wrote {out}")
 
 

@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 import torch
+from _common import write_json
 
 import chainrule
-from chainrule.models.cached import sample_cached
 from chainrule.models.pixelrnn import PRESETS
 
 CONFIGS = {"mnist": ((1, 28, 28), 2), "rgb": ((3, 32, 32), 256)}
@@ -87,14 +87,12 @@ def naive_extrapolated(
 
 
 def sample_fn(model, n: int, method: str | None, seed: int = 0, **options):
-    """A closure drawing ``n`` images. ``"cached"``: :func:`sample_cached`, the function that
-    ``model.sample(n, method="cached")`` runs; ``"naive"``: ``model.sample(n, method="naive")``;
+    """A closure drawing ``n`` images. ``"cached"``: ``model.sample(n, method="cached")`` (the
+    library's incremental decoder, :mod:`chainrule.sampling`); ``"naive"``: ``model.sample(n, method="naive")``;
     ``None``: the model's own sampler (NADE)."""
 
     def fn():
         g = torch.Generator().manual_seed(seed)
-        if method == "cached":
-            return sample_cached(model, n, None, None, g, **options)
         if method is None:
             return model.sample(n, generator=g, **options)
         return model.sample(n, generator=g, method=method, **options)
@@ -275,7 +273,7 @@ def main(argv=None) -> int:
         doc["check_date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"
         )
-        out.write_text(json.dumps(doc, indent=2) + "\n")
+        write_json(out, doc)
         print(f"updated {out}")
         return 0
     doc = {
@@ -308,7 +306,7 @@ def main(argv=None) -> int:
         "extrapolation_check": check,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_json(out, doc)
     print(f"wrote {out}")
     return 0
 

@@ -30,9 +30,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -42,6 +40,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from _common import machine, now, write_json  # noqa: E402
 
 import chainrule  # noqa: E402
 from chainrule.data import Splits, load_dataset  # noqa: E402
@@ -138,13 +138,8 @@ def main() -> None:
     per_ckpt_ms = 1000 * (ck["epoch_seconds_median"] - ref) / max(steps // args.checkpoint_every, 1)
     out = {
         "command": " ".join(["python", *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        },
+        "date": now(),
+        "machine": machine(device),
         "torch_version": torch.__version__,
         "device": str(device),
         "model": args.model,
@@ -167,7 +162,7 @@ def main() -> None:
         / ("train_scale_cuda.json" if device.type == "cuda" else "train_scale.json")
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(path, out)
     print(
         f"{args.model} on {splits.name}, {n} images, batch {args.batch_size}, {steps} steps, {device}"
     )

@@ -165,3 +165,40 @@ def test_available_models_are_buildable_with_defaults():
         levels = None if cls.supports == ("real",) else 2
         m = chainrule.build(name, event_shape=(1, 4, 4), levels=levels)
         assert m.num_parameters() > 0
+
+
+def test_flags_are_generated_from_the_config_dataclasses():
+    """A flag per model-config field and per TrainConfig field (but the few the CLI hides),
+    with the field's help where it has one."""
+    import dataclasses
+
+    from chainrule.cli import build_parser
+    from chainrule.cli.options import TRAIN_FLAG_NAMES, TRAIN_HIDDEN
+    from chainrule.models import model_class
+    from chainrule.train import TrainConfig
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {s: a for a in train._actions for s in a.option_strings}
+    helps: dict[str, set] = {}
+    for name in chainrule.available_models():
+        for f in dataclasses.fields(model_class(name).Config):
+            a = flags["--" + f.name.replace("_", "-")]
+            assert a.dest == f.name and a.default is None
+            if f.metadata.get("help"):
+                helps.setdefault(f.name, set()).add(f.metadata["help"].replace("%", "%%"))
+    for field, texts in helps.items():  # one of the models' wordings
+        assert any(t in flags["--" + field.replace("_", "-")].help for t in texts), field
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in TRAIN_HIDDEN:
+            continue
+        a = flags["--" + TRAIN_FLAG_NAMES.get(f.name, f.name).replace("_", "-")]
+        if f.metadata.get("help"):
+            assert f.metadata["help"].replace("%", "%%") in a.help
+
+
+def test_the_library_does_not_import_the_command_line():
+    code = (
+        "import sys, chainrule, chainrule.receptive_field, chainrule.recipes, chainrule.pretrained;"
+        "assert not any(m.startswith('chainrule.cli') for m in sys.modules), sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -4,6 +4,10 @@ import chainrule
 model = chainrule.build("fvsbn", event_shape=(1, 8, 8), levels=2)
 log_p = model.log_prob(x)          # (B,) exact, in nats
 x_new = model.sample(16)           # (16, 1, 8, 8)
+model = chainrule.load("pretrained:digits-ladder-nade")   # shipped weights (sha256-checked)
+
+Named training recipes: :mod:`chainrule.recipes` (``chainrule recipes``,
+``chainrule train --recipe NAME``); shipped weights: :mod:`chainrule.pretrained`.
 """
 
 from .checkpoint import load, save

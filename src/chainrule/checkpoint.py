@@ -158,7 +158,13 @@ def load(
     path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
 ) -> AutoregressiveModel:
     """Load a model written by :func:`save` or ``chainrule train`` (a run folder or a
-    ``.safetensors`` file). Raises :class:`CheckpointError` with one clear message on failure."""
+    ``.safetensors`` file), or shipped weights (``"pretrained:NAME"``, their sha256 checked
+    first; see :mod:`chainrule.pretrained`). Raises :class:`CheckpointError` with one clear
+    message on failure."""
+    if isinstance(path, str) and path.startswith("pretrained:"):
+        from .pretrained import resolve
+
+        path = resolve(path)
     weights_path, _ = _paths(path)
     spec = read_spec(path)
     model = build_from_spec(spec)

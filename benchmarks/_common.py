@@ -1,0 +1,124 @@
+"""What every benchmark shares: the machine it ran on (threads, load), timing, the result JSON,
+and the data through :func:`chainrule.data.load_dataset` (the same files, the same sha256
+checks as the CLI; no second loader).
+
+The scripts import it as ``from _common import ...`` (they run as ``python benchmarks/X.py``,
+which puts this folder on ``sys.path``); importing it also puts ``src/`` on the path so a
+checkout runs without an install.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def load_average() -> list[float] | None:
+    try:
+        return list(os.getloadavg())
+    except (OSError, AttributeError):
+        return None
+
+
+def machine(device: torch.device | str | None = None) -> dict[str, Any]:
+    """Where a figure was measured: platform, CPUs, torch threads, device (GPU name), load."""
+    device = torch.device(device) if device is not None else None
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device is not None:
+        info["device"] = str(device)
+        if device.type == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(device)
+    elif torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    info["load_average_at_start"] = load_average()
+    return info
+
+
+def header(device: torch.device | str | None = None, **extra: Any) -> dict[str, Any]:
+    """The first fields of every result JSON: command, date, machine, torch version."""
+    return {
+        "command": shlex.join(["python", *sys.argv]),
+        "date": now(),
+        "machine": machine(device),
+        "torch": torch.__version__,
+        **extra,
+    }
+
+
+def set_threads(n: int | None) -> None:
+    """Pin torch's intra-op threads (recorded by :func:`machine`); None leaves the default."""
+    if n:
+        torch.set_num_threads(n)
+
+
+def sync(device: torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device | str = "cpu") -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call, the device synchronized."""
+    device = torch.device(device)
+    sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def best_of(fn, device: torch.device | str = "cpu", repeats: int = 3) -> float:
+    """The fastest wall time of ``repeats`` calls (after one warm-up call)."""
+    fn()
+    return min(timed(fn, device)[0] for _ in range(repeats))
+
+
+def write_json(path: str | Path, doc: dict[str, Any]) -> Path:
+    """Write a result JSON (indented, atomically, numbers of numpy/torch made plain)."""
+    from chainrule import outputs
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    outputs.write_text(path, json.dumps(doc, indent=2, default=float) + "\n")
+    return path
+
+
+def load_splits(name: str = "binarized-mnist", data_dir: str | None = None):
+    """A data set through the library's loader (sha256-checked files; one-line errors)."""
+    from chainrule.data import load_dataset
+
+    try:
+        return load_dataset(name, data_dir=data_dir)
+    except Exception as e:  # the data is absent: say so in one line, as the CLI does
+        raise SystemExit(f"error: {e} (give --data-dir or set $CHAINRULE_DATA)") from None
+
+
+def binarized_mnist(data_dir: str | None = None, dtype=None) -> dict[str, torch.Tensor]:
+    """The fixed binarized MNIST, ``{"train", "valid", "test"}`` tensors ``(N, 1, 28, 28)``
+    (uint8 levels, or ``dtype`` when given)."""
+    s = load_splits("binarized-mnist", data_dir)
+    out = {k: s.split(k) for k in ("train", "valid", "test")}
+    return {k: v.to(dtype) for k, v in out.items()} if dtype is not None else out

@@ -1,0 +1,78 @@
+"""``chainrule recipes`` (named training recipes, their settings and results) and
+``chainrule pretrained`` (the weights shipped in the package)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import _Help, add_common
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from chainrule import pretrained, recipes
+
+    shipped = {e.get("recipe"): key for key, e in pretrained.index().items()}
+    if args.name:
+        recipes.recipe(args.name)  # an unknown name: one line listing the recipes
+    chosen = [args.name] if args.name else recipes.names()
+    if args.json:
+        doc = {
+            n: {
+                **recipes.recipe(n),
+                "command": recipes.recipe_command(n),
+                "recorded_result": recipes.recorded_result(n),
+                "pretrained": f"pretrained:{shipped[n]}" if n in shipped else None,
+            }
+            for n in chosen
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    for n in chosen:
+        r = recipes.recipe(n)
+        res = recipes.recorded_result(n)
+        nll = (
+            f"test NLL {res['test_nll_nats']:.3f} nats ({res.get('source', '')})"
+            if res and res.get("test_nll_nats") is not None
+            else "test NLL not recorded"
+        )
+        weights = f"weights: pretrained:{shipped[n]}" if n in shipped else "weights: none shipped"
+        print(f"{n}\n  {r['description']}\n  {recipes.recipe_command(n)}\n  {nll}; {weights}")
+    print("run one with: chainrule train --recipe NAME [--data-dir DIR] [flags that override it]")
+    return 0
+
+
+def cmd_pretrained(args: argparse.Namespace) -> int:
+    from chainrule import pretrained
+
+    print(pretrained.describe())
+    print(
+        "use with: --checkpoint pretrained:NAME (any command) or chainrule.load('pretrained:NAME')"
+    )
+    return 0
+
+
+def add_parsers(sub) -> None:
+    r = sub.add_parser(
+        "recipes",
+        help="named training recipes: settings, recorded test NLL, shipped weights",
+        description="Named training recipes (chainrule.recipes): for each, a one-line "
+        "description, the full `chainrule train` command it stands for, the test NLL it reached "
+        "where one was recorded, and whether its weights are shipped (pretrained:NAME). "
+        "Run one with `chainrule train --recipe NAME`.",
+        formatter_class=_Help,
+    )
+    r.add_argument("name", nargs="?", default=None, help="show only this recipe")
+    r.add_argument("--json", action="store_true", help="print the recipes as JSON")
+    add_common(r)
+    r.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser(
+        "pretrained",
+        help="the pretrained weights shipped in the package (--checkpoint pretrained:NAME)",
+        description="The weights shipped in the package, each made by a recipe: name, model, "
+        "data, test NLL, size. Any command takes --checkpoint pretrained:NAME.",
+        formatter_class=_Help,
+    )
+    add_common(p)
+    p.set_defaults(func=cmd_pretrained)

@@ -1,0 +1,158 @@
+"""Named training recipes: a model, a data set, the model's options and the training settings
+that reached a recorded result.
+
+``chainrule recipes`` lists them; ``chainrule train --recipe NAME`` runs one (flags given beside
+it override its settings, and each override is printed); the run's ``config.json`` records the
+recipe under ``"recipe"``. The data folder is not part of a recipe (``--data-dir`` or
+``$CHAINRULE_DATA``).
+
+Each recipe: ``description`` (one line), ``model``, ``data``, ``options`` (fields of the model's
+config), ``train`` (fields of :class:`chainrule.train.TrainConfig`; the model's own training
+defaults fill the rest), and ``result`` where a run of exactly this recipe was recorded
+(``test_nll_nats`` and where it comes from). A recipe with shipped weights also has an entry in
+``chainrule/pretrained/index.json`` (see :mod:`chainrule.pretrained`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from chainrule.models.pixelrnn import PRESETS
+
+
+def _ladder() -> dict[str, dict[str, Any]]:
+    """The ladder on the embedded digits (the commands of benchmarks/ladder_digits.py)."""
+    rungs = [
+        ("independent", "independent", {}, {"closed_form": True}, "independent pixels, closed-form fit (counting)"),
+        ("markov-k1", "markov", {"order": 1}, {"closed_form": True}, "Markov chain of order 1 in raster order, closed-form fit"),
+        ("markov-k2", "markov", {"order": 2}, {"closed_form": True}, "Markov chain of order 2 in raster order, closed-form fit"),
+        ("fvsbn", "fvsbn", {}, {}, "FVSBN (logistic regressions on all previous pixels), the model's training defaults"),
+        ("nade", "nade", {}, {}, "NADE, the main job (`chainrule train` with no arguments)"),
+        ("pixelcnn", "pixelcnn", {}, {}, "PixelCNN (masked convolutions), the model's training defaults"),
+        ("row-lstm", "row-lstm", {}, {}, "Row LSTM, the model's training defaults"),
+        ("diagonal-bilstm", "diagonal-bilstm", {}, {}, "Diagonal BiLSTM, the model's training defaults"),
+    ]  # fmt: skip
+    return {
+        f"digits-ladder-{tag}": {
+            "description": f"digits ladder: {text}",
+            "model": model,
+            "data": "digits",
+            "options": options,
+            "train": train,
+        }
+        for tag, model, options, train, text in rungs
+    }
+
+
+def _pixelrnn_presets(minutes: float = 4.0) -> dict[str, dict[str, Any]]:
+    """The PixelRNN cpu-small presets on binarized MNIST, a few minutes each."""
+    return {
+        f"{model}-cpu-small-binarized-mnist": {
+            "description": f"{model}, preset cpu-small ({', '.join(f'{k} {v}' for k, v in PRESETS[model]['cpu-small'].items())}), "
+            f"{minutes:g} minutes on binarized MNIST, lr annealed over the budget",
+            "model": model,
+            "data": "binarized-mnist",
+            "options": {"preset": "cpu-small"},
+            "train": {"time_budget_min": minutes, "lr_schedule": "cosine-time"},
+        }
+        for model in PRESETS
+    }
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "nade-binarized-mnist": {
+        "description": "NADE with 500 hidden units on fixed binarized MNIST, 55 minutes, "
+        "lr 2e-3 annealed over the budget, output biases at the data's log-frequencies",
+        "model": "nade",
+        "data": "binarized-mnist",
+        "options": {"hidden": 500},
+        "train": {
+            "lr": 2e-3,
+            "lr_schedule": "cosine-time",
+            "time_budget_min": 55.0,
+            "epochs": 500,
+            "patience": 0,
+            "batch_size": 256,
+            "init_output_bias": True,
+        },
+    },
+    **_ladder(),
+    **_pixelrnn_presets(),
+    "rnade-mnist": {
+        "description": "RNADE (H=100, 5 Gaussians) on dequantized MNIST, 8 minutes "
+        "(the README's RNADE row)",
+        "model": "rnade",
+        "data": "mnist",
+        "options": {"hidden": 100, "components": 5},
+        "train": {
+            "epochs": 30,
+            "time_budget_min": 8.0,
+            "batch_size": 100,
+            "lr": 1e-3,
+            "grad_clip": 1.0,
+            "lr_schedule": "cosine",
+        },
+        "result": {
+            "test_nll_nats": 1018.7,
+            "note": "discrete-equivalent (continuous NLL + D ln 256)",
+            "source": "README (RNADE row), 30 epochs, 244 s on 2 CPU cores",
+        },
+    },
+}
+
+#: where a flag's name differs from the TrainConfig field it sets
+_FLAG_NAMES = {"time_budget_min": "time-budget"}
+
+
+def names() -> list[str]:
+    return list(RECIPES)
+
+
+def recipe(name: str) -> dict[str, Any]:
+    """A copy of recipe ``name``; ValueError (one line, listing the names) when unknown."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
+    return copy.deepcopy(RECIPES[name])
+
+
+def _value(v: Any) -> str:
+    import json
+
+    if isinstance(v, (list, dict)):
+        return "'" + json.dumps(v) + "'"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def recipe_args(name: str) -> list[str]:
+    """The recipe as `chainrule train` arguments (without --data-dir and --out)."""
+    r = recipe(name)
+    args = ["--model", r["model"], "--data", r["data"]]
+    for key, v in r.get("options", {}).items():
+        args += [f"--{key.replace('_', '-')}", _value(v)]
+    for key, v in r.get("train", {}).items():
+        f = "--" + _FLAG_NAMES.get(key, key.replace("_", "-"))
+        if v is True:
+            args.append(f)
+        elif v is not False:
+            args += [f, _value(v)]
+    return args
+
+
+def recipe_command(name: str) -> str:
+    """The `chainrule train` command the recipe stands for."""
+    return "chainrule train " + " ".join(recipe_args(name))
+
+
+def recorded_result(name: str) -> dict[str, Any] | None:
+    """The test NLL this recipe reached: from its shipped weights where there are some, else
+    from the recipe's ``result`` record, else None."""
+    from chainrule import pretrained
+
+    for key, e in pretrained.index().items():
+        if e.get("recipe") == name and e.get("test_nll_nats") is not None:
+            return {
+                "test_nll_nats": e["test_nll_nats"],
+                "source": f"pretrained:{key} ({e.get('date', '')})",
+            }
+    return RECIPES.get(name, {}).get("result")
