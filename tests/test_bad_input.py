@@ -1,7 +1,7 @@
 """Bad input everywhere: property-based tests (hypothesis) over every registered model and the
 data loaders.
 
-Each property has an *oracle* written independently of the code under test (what DESIGN.md
+Each property has an *oracle* written independently of the code under test (what docs/contract.md
 says a valid input is). For any generated input: if the oracle says it is valid, the call
 succeeds and its output has the promised shape and values; otherwise the call raises
 ``ValueError`` with a one-line message, and never another exception type (no IndexError or
@@ -55,7 +55,7 @@ FLOAT_DTYPES = [np.float32, np.float64]
 
 
 def valid_images(a: np.ndarray, shape, levels) -> bool:
-    """DESIGN.md: (B, C, H, W), B >= 1, integer/bool/float dtype, finite, and whole numbers
+    """The input contract: (B, C, H, W), B >= 1, integer/bool/float dtype, finite, and whole numbers
     0..K-1 for a discrete model or values in [0, 1] for a real-valued one."""
     if a.dtype.kind not in "biuf":
         return False

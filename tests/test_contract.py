@@ -1,4 +1,4 @@
-"""The test contract of DESIGN.md section 5, run for every registered discrete model.
+"""The test contract (docs/contract.md), run for every registered discrete model.
 
 Normalization over all states, causality by perturbation and by Jacobian (and not vacuous),
 sampler against density, completion against the exact conditional, batch independence,

@@ -6,48 +6,9 @@ schedules, hooks); this module only re-exports its public names.
 
 from __future__ import annotations
 
+from . import training as _training
 from .evaluate import bits_per_dim
-from .training import (
-    RUN_FILES,
-    STATE_FORMAT,
-    RunConfig,
-    RunFolder,
-    TrainConfig,
-    Trainer,
-    TrainingError,
-    TrainingInterrupted,
-    check_run_folder,
-    describe_result,
-    load_state,
-    preflight_run_folder,
-    read_counters,
-    read_run_config,
-    read_state,
-    resolve_device,
-    save_state,
-    train,
-    train_subset,
-)
 
-__all__ = [
-    "RUN_FILES",
-    "STATE_FORMAT",
-    "RunConfig",
-    "RunFolder",
-    "TrainConfig",
-    "Trainer",
-    "TrainingError",
-    "TrainingInterrupted",
-    "bits_per_dim",
-    "check_run_folder",
-    "describe_result",
-    "load_state",
-    "preflight_run_folder",
-    "read_counters",
-    "read_run_config",
-    "read_state",
-    "resolve_device",
-    "save_state",
-    "train",
-    "train_subset",
-]
+globals().update({name: getattr(_training, name) for name in _training.__all__})
+
+__all__ = [*_training.__all__, "bits_per_dim"]

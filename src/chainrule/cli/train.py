@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import signal
 import sys
 from pathlib import Path
@@ -63,20 +62,11 @@ def train_defaults(name: str) -> dict[str, Any]:
 def _resume_settings(args: argparse.Namespace, run: Path):
     """What a --resume continues: the saved settings, the flags that may change applied (and
     printed), every flag that would change the run refused in one line naming it."""
-    from chainrule.train import TrainConfig, read_counters
+    from chainrule.train import read_counters, read_run_config
 
-    cfg_path = run / "config.json"
-    if not run.is_dir():
-        raise UserError(f"cannot resume: {run} is not a folder (is it a run folder?)")
-    if not cfg_path.is_file():
-        raise UserError(f"cannot resume: {cfg_path} not found (is {run} a run folder?)")
-    try:
-        saved = json.loads(cfg_path.read_text())
-        name, options, data = saved["model"], dict(saved["options"]), saved["data"]
-        train_cfg = TrainConfig(**saved["train"])
-        levels, data_dir = saved["levels"], saved.get("data_dir")
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot resume: {cfg_path} is not a chainrule run config ({e})") from None
+    rc = read_run_config(run)  # one-line TrainingError for a missing, corrupt or foreign config
+    saved, name, options, data = rc.raw, rc.model, rc.options, rc.data
+    train_cfg, levels, data_dir = rc.train, rc.levels, rc.data_dir
     if args.overwrite:
         raise UserError("--resume and --overwrite contradict each other: give one")
     if args.recipe is not None:
