@@ -86,7 +86,7 @@ def _interrupt_after_first_epoch(argv: list[str], cwd: Path, sig: int) -> tuple[
 
 # slow enough to be interrupted within epoch 2 (about 1-3 s an epoch on one thread)
 SLOW = ["--model", "pixelcnn", "--data", "digits", "--batch-size", "4", "--max-train", "600"]
-SLOW += ["--lr-schedule", "constant", "--hidden", "4", "--layers", "2", "--checkpoint-minutes", "0"]
+SLOW += ["--lr-schedule", "constant", "--hidden", "8", "--layers", "4", "--checkpoint-minutes", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -192,15 +192,15 @@ def test_3_a_run_stopped_early_or_by_its_budget_can_be_continued(capsys, tmp_pat
     assert result["epochs"] == 5 and result["stop_reason"] == "epochs"
 
     budget = tmp_path / "budget"
-    code, out, err = run(capsys, "train", *SLOW, "--epochs", "3", "--time-budget", "0.005",
+    code, out, err = run(capsys, "train", *SLOW, "--epochs", "50", "--time-budget", "0.005",
                          "--out", budget)  # fmt: skip
     assert code == 0 and "time budget of 0.005 min reached" in err
     first = json.loads((budget / "result.json").read_text())
-    assert first["stop_reason"] == "time budget" and first["epochs"] < 1
+    assert first["stop_reason"] == "time budget" and first["epochs"] < 50
     code, out, err = run(capsys, "train", "--resume", budget, "--time-budget", "0.005")
     assert code == 0, err
     second = json.loads((budget / "result.json").read_text())
-    assert first["epochs"] < second["epochs"] < 3
+    assert first["epochs"] < second["epochs"] < 50
 
 
 # ---------------------------------------------------------------------- 4. SIGINT / SIGTERM
@@ -441,8 +441,9 @@ def test_13_a_terminal_gets_bars(finished, capsys, monkeypatch):
 # ---------------------------------------------------------------------- 14. budget per step
 def test_14_the_time_budget_is_checked_after_every_step(capsys, tmp_path):
     run_dir = tmp_path / "r"
-    code, out, err = run(capsys, "train", *SLOW, "--batch-size", "1", "--epochs", "5",
-                         "--time-budget", "0.01", "--out", run_dir)  # fmt: skip
+    # batch 1 over all 1257 images: an epoch of 1257 steps, far longer than the 0.6 s budget
+    code, out, err = run(capsys, "train", *SLOW, "--batch-size", "1", "--max-train", "1257",
+                         "--epochs", "5", "--time-budget", "0.01", "--out", run_dir)  # fmt: skip
     assert code == 0, err
     result = json.loads((run_dir / "result.json").read_text())
     assert result["stop_reason"] == "time budget" and 0 < result["epochs"] < 1
