@@ -8,7 +8,8 @@ def describe_result(result: dict, dim: int) -> str:
     deq = " (discrete-equivalent: dequantized, + D ln K)" if result.get("dequantized") else ""
     procs = result.get("processes", 1)
     where = f"{result['device']}" + (f" x {procs} processes" if procs > 1 else "")
-    threads = f", {result['threads']} threads" if result.get("threads") else ""
+    n = result.get("threads")
+    threads = f", {n} thread{'s' if n != 1 else ''}" if n else ""
     best = result.get("best_epoch")
     why = {
         "early stopping": "stopped early (no better valid NLL within the patience)",
