@@ -195,19 +195,18 @@ def pixel_nll(
     Real-valued models give densities of dequantized values (no ``ln K`` offset added here).
     ``progress``: a bar on a terminal (:func:`chainrule.outputs.progress`); False: nothing.
     """
-    from .evaluate import to_model_input
+    from .evaluate import in_batches, to_model_input
 
-    was = model.training
-    model.eval()
     g = torch.Generator().manual_seed(0)
     xm = to_model_input(model, x, data_levels, g)  # one draw for all: batching changes nothing
-    starts = range(0, len(xm), batch_size)
-    if progress:
-        starts = outputs.progress(starts, desc="NLL maps", total=len(starts))
-    try:
-        out = [-model.conditional_log_probs(xm[i : i + batch_size]).sum(1) for i in starts]
-    finally:
-        model.train(was)
+    out = in_batches(
+        model,
+        xm,
+        lambda xb: -model.conditional_log_probs(xb).sum(1),
+        batch_size=batch_size,
+        progress=progress,
+        desc="NLL maps",
+    )
     return torch.cat(out).double().cpu()
 
 

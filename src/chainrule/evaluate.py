@@ -76,20 +76,40 @@ def per_image_nll(
 
     ``progress=True`` shows a bar (``desc``) on a terminal only, never under ``--quiet``
     (:func:`chainrule.outputs.progress`); ``False`` shows nothing."""
+    g = torch.Generator().manual_seed(seed)
+    out = in_batches(
+        model,
+        x,
+        lambda xb: -model.log_prob(to_model_input(model, xb, data_levels, g)).double().cpu(),
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )
+    return torch.cat(out) + nll_offset(model, data_levels)
+
+
+def in_batches(
+    model: AutoregressiveModel,
+    x: Tensor,
+    fn,
+    *,
+    batch_size: int,
+    progress: bool = False,
+    desc: str = "",
+) -> list:
+    """``[fn(x[i : i + batch_size]) for each batch]`` with ``model`` in eval mode (its mode is
+    restored after, also on an error); a bar (``desc``) on a terminal when ``progress``."""
     from . import outputs
 
     was_training = model.training
     model.eval()
-    g = torch.Generator().manual_seed(seed)
-    out = []
     starts = range(0, len(x), batch_size)
     if progress:
         starts = outputs.progress(starts, desc=desc, total=len(starts))
-    for i in starts:
-        xb = to_model_input(model, x[i : i + batch_size], data_levels, g)
-        out.append(-model.log_prob(xb).double().cpu())
-    model.train(was_training)
-    return torch.cat(out) + nll_offset(model, data_levels)
+    try:
+        return [fn(x[i : i + batch_size]) for i in starts]
+    finally:
+        model.train(was_training)
 
 
 def bits_per_dim(nll_nats: float, dim: int) -> float:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from . import outputs
 from .data import Splits
-from .evaluate import check_compatible, to_model_input
+from .evaluate import check_compatible, in_batches, to_model_input
 from .models.base import AutoregressiveModel
 
 #: inverse regularization strengths tried on the valid split
@@ -61,19 +61,15 @@ def extract_features(
     if len(x) == 0:
         raise ValueError("cannot extract features of an empty set (0 images)")
     check_compatible(model, tuple(x.shape[1:]), data_levels)
-    was = model.training
-    model.eval()
     g = torch.Generator().manual_seed(seed)
-    out = []
-    starts = range(0, len(x), batch_size)
-    if progress:
-        starts = outputs.progress(starts, desc=desc, total=len(starts))
-    try:
-        for i in starts:
-            xb = to_model_input(model, x[i : i + batch_size], data_levels, g)
-            out.append(model.features(xb).float().cpu().numpy())
-    finally:
-        model.train(was)
+    out = in_batches(
+        model,
+        x,
+        lambda xb: model.features(to_model_input(model, xb, data_levels, g)).float().cpu().numpy(),
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )
     return np.concatenate(out)
 
 
