@@ -261,6 +261,14 @@ def run_data(checkpoint: str, data: str | None, data_dir: str | None) -> tuple[s
     raise UserError(f"--data is needed: {checkpoint} does not record the data it was trained on")
 
 
+def output_file(args: argparse.Namespace, default_name: str, *, what: str) -> Path:
+    """``--out`` if given, else :func:`default_out`; checked before any work
+    (:func:`chainrule.outputs.check_output`)."""
+    if args.out:
+        return check_output(args.out, what="--out")
+    return check_output(default_out(args, default_name), what=what)
+
+
 def default_out(args: argparse.Namespace, name: str) -> Path:
     """A default output file beside the checkpoint: in the run folder, or, for a
     NAME.safetensors file, NAME-<name> next to it; for ``pretrained:NAME`` (no run folder, and

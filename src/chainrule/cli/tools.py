@@ -22,6 +22,7 @@ from .common import (
     list_files,
     model_on,
     nonneg_int,
+    output_file,
     positive_int,
     run_data,
     safe,
@@ -37,14 +38,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     from chainrule.outputs import random_subset
     from chainrule.plots import pixel_nll_maps
 
-    if args.out:
-        out = check_output(args.out, what="--out")
-    model = model_on(args)
     data, data_dir = run_data(args.checkpoint, args.data, args.data_dir)
-    if not args.out:
-        out = check_output(
-            default_out(args, f"scores-{safe(data)}-{args.split}.csv"), what="scores"
-        )
+    out = output_file(args, f"scores-{safe(data)}-{args.split}.csv", what="scores")
+    model = model_on(args)
     png = out.with_name(out.stem + "_nll_maps.png")
     if args.maps or args.images:
         check_output(png, what="maps")
@@ -231,12 +227,9 @@ def cmd_features(args: argparse.Namespace) -> int:
     from chainrule.data import load_dataset
     from chainrule.probe import dataset_features
 
-    if args.out:
-        out = check_output(args.out, what="--out")
-    model = model_on(args)
     data, data_dir = run_data(args.checkpoint, args.data, args.data_dir)
-    if not args.out:
-        out = check_output(default_out(args, f"features-{safe(data)}.npz"), what="features")
+    out = output_file(args, f"features-{safe(data)}.npz", what="features")
+    model = model_on(args)
     splits = load_dataset(data, data_dir=data_dir)
     feats = dataset_features(model, splits, batch_size=args.batch_size, progress=True)
     outputs.save_npz(out, **feats)
