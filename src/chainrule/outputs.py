@@ -46,6 +46,14 @@ def _describe_oserror(e: OSError, path: Path) -> str:
     return f"cannot write {path}: {e.strerror or e}"
 
 
+def name_max(folder: str | os.PathLike) -> int:
+    """The longest file name (bytes) the file system of ``folder`` accepts (255 if unknown)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def check_output(path: str | os.PathLike, *, what: str = "output") -> Path:
     """Refuse, before any work, an output path that cannot be written; return it as a Path.
 
@@ -65,10 +73,7 @@ def check_output(path: str | os.PathLike, *, what: str = "output") -> Path:
         raise OutputError(f"cannot write {what} {path}: folder {parent} does not exist")
     if not parent.is_dir():
         raise OutputError(f"cannot write {what} {path}: {parent} is a file, not a folder")
-    try:
-        max_name = os.pathconf(parent, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        max_name = 255
+    max_name = name_max(parent)
     if len(os.fsencode(path.name)) > max_name:
         raise OutputError(
             f"cannot write {what} {path.name[:40]}...: the file name is too long "

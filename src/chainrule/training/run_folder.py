@@ -276,6 +276,8 @@ def preflight_run_folder(out: Path, resume: bool, *, overwrite: bool = False) ->
     import errno
     import os
 
+    from ..outputs import name_max
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TrainingError(f"run folder {out} is a file, not a folder; choose another --out")
@@ -283,10 +285,7 @@ def preflight_run_folder(out: Path, resume: bool, *, overwrite: bool = False) ->
         if up.exists():
             if not up.is_dir():
                 raise TrainingError(f"cannot make run folder {out}: {up} is a file, not a folder")
-            try:
-                limit = os.pathconf(up, "PC_NAME_MAX")
-            except (OSError, ValueError):
-                limit = 255
+            limit = name_max(up)
             for part in out.relative_to(up).parts if up != Path(".") else out.parts:
                 if len(os.fsencode(part)) > limit:
                     raise TrainingError(
