@@ -18,7 +18,7 @@ train: install
 	$(VENV)/bin/chainrule train
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest --cov=chainrule --cov-report=term:skip-covered
 
 lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks
