@@ -23,9 +23,12 @@ The decoding protocol (what a model implements):
 * ``model.teacher_params(xo, part=0) -> (n, D, P)``: every step's head parameters from values
   ``(n, D)`` in the step order at once (the density's own pass, teacher forcing). The naive
   oracle (:func:`naive_sample`) samples through it, one full pass per step.
-* ``model.choose_parts(n, given, mask, generator) -> None | (n,)``: a mixture of orderings
-  (NADE's ensemble) picks each image's component (drawing its own uniforms after the per-
-  dimension ones) and checks the prefix rule itself; ``None`` for a single ordering.
+* ``model.choose_parts(n, given, mask, generator) -> None | (n,) | ((n,), keys)``: a mixture
+  of orderings (NADE's ensemble) picks each image's component (drawing its own uniforms after
+  the per-dimension ones) and checks the prefix rule itself; ``None`` for a single ordering.
+  With ``keys`` (a list), component ``c`` is decoded by ``model.decoder(m, keys[c])`` (and the
+  oracle's ``decoder_order`` / ``teacher_params`` of that key): an order-agnostic model names
+  a (member, given-first ordering) pair per mask, which makes completion of any mask exact.
 * class attributes: ``supports_completion_any_mask`` (completion is exact for any mask: no
   prefix warning), ``sample_threads`` (``1``: run the loop on one CPU thread),
   ``supports_cuda_graph``.
@@ -137,18 +140,22 @@ class _Parts:
             dec.tell(i, value[r])
 
 
-def _start(model, n, given, mask, generator, make: Callable[[int, int], Any]):
+def _start(model, n, given, mask, generator, make: Callable[[int, Any], Any]):
     """The decoder of ``n`` images: ``make(n, part)``, or a mixture of parts (the model's
     ``choose_parts``). Returns ``(decoder, checked)``: checked = the prefix rule was applied."""
     comp = model.choose_parts(n, given, mask, generator)
     if comp is None:
         return make(n, 0), False
+    keys: Any = None
+    if isinstance(comp, tuple):  # parts named by the model (an ordering per mask, say)
+        comp, keys = comp
+    for_part = range(int(comp.max()) + 1) if keys is None else keys
     rows, decs = [], []
-    for e in range(int(comp.max()) + 1):
+    for e, key in enumerate(for_part):
         r = (comp == e).nonzero()[:, 0]
         if r.numel():
             rows.append(r)
-            decs.append(make(r.numel(), e))
+            decs.append(make(r.numel(), key))
     return _Parts(rows, decs, n, model.dim), True
 
 
