@@ -93,8 +93,14 @@ def training_curve(metrics: list[dict], path: str | Path, title: str = "") -> Pa
     ax.plot(
         epochs, [m["train_nll"] for m in metrics], "o-", color=TRAIN_COLOUR, label="train", ms=3
     )
+    checked = [m for m in metrics if m.get("valid_nll") is not None]  # --valid-every N
     ax.plot(
-        epochs, [m["valid_nll"] for m in metrics], "s-", color=VALID_COLOUR, label="valid", ms=3
+        [m["epoch"] for m in checked],
+        [m["valid_nll"] for m in checked],
+        "s-",
+        color=VALID_COLOUR,
+        label="valid",
+        ms=3,
     )
     ax.set_xlabel("epoch")
     ax.set_ylabel("NLL (nats per image)")

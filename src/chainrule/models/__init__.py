@@ -1,8 +1,10 @@
 """The model zoo. Importing this package registers every model family."""
 
 from . import (  # noqa: F401  (registration side effects)  # noqa: F401  (registration: nade, rnade)
+    deepnade,
     fvsbn,
     independent,
+    made,
     markov,
     nade,
     pixelrnn,  # noqa: F401  (registration: pixelcnn, row-lstm, diagonal-bilstm)

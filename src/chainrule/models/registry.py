@@ -16,6 +16,8 @@ LADDER = [
     "table",
     "fvsbn",
     "nade",
+    "made",
+    "deep-nade",
     "rnade",
     "pixelcnn",
     "row-lstm",

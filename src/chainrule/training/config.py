@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +24,15 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     patience: int = 5  # epochs without a better valid NLL before stopping; 0 never stops early
+    #: validate every N epochs (and always when the run stops): for models whose validation
+    #: costs more than an epoch (a MADE ensemble); patience then counts validations
+    valid_every: int = field(
+        default=1,
+        metadata={
+            "help": "validate every N epochs (and when the run stops); the best weights are "
+            "chosen among the validated epochs, and --patience counts validations"
+        },
+    )
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
     #: "constant"; "cosine" (decays to 0 over `epochs`); "cosine-time" (decays to 0 over the
@@ -51,7 +60,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError (one line naming the field) for any option out of its range."""
-        for name in ("epochs", "batch_size", "eval_batch_size", "num_samples", "checkpoint_every"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "eval_batch_size",
+            "num_samples",
+            "checkpoint_every",
+            "valid_every",
+        ):
             v = getattr(self, name)
             low = 0 if name == "checkpoint_every" else 1
             if not isinstance(v, int) or isinstance(v, bool) or v < low:

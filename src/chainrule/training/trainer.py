@@ -671,23 +671,28 @@ class Trainer:
         metrics row and the state; return why the run stops here (None: it goes on)."""
         cfg, c, d = self.cfg, self.counters, self.dist
         train_nll = out.train_nll + nll_offset(self.model, self.splits.levels)
-        valid = self.evaluate(self.splits.valid)
-        improved = valid["nll_nats"] < c["best_valid"]
         partial = out.why == "time budget"  # stopped within the epoch: it continues on resume
+        over = None  # the time budget's flag, asked once (every process asks it the same times)
+        validating = True
+        if cfg.valid_every > 1 and not partial and epoch + 1 < cfg.epochs:
+            over = distributed.broadcast_flag(d, self.over_budget(), self.device)
+            validating = over or (epoch + 1) % cfg.valid_every == 0
+        valid = self.evaluate(self.splits.valid) if validating else None
+        improved = valid is not None and valid["nll_nats"] < c["best_valid"]
         at = round(epoch + out.done / out.n_batches, 3) if partial else epoch + 1
         if improved:
             c.update(best_valid=valid["nll_nats"], best_epoch=at)
         if partial:
             self.epochs_done = at
         else:
-            c["bad_epochs"] = 0 if improved else c["bad_epochs"] + 1
+            c["bad_epochs"] = 0 if improved else c["bad_epochs"] + int(validating)
             c.update(epoch=epoch + 1, step=0, train_sum=0.0, train_count=0)
             self.epochs_done = epoch + 1
         row = {
             "epoch": at,
             "train_nll": train_nll,
-            "valid_nll": valid["nll_nats"],
-            "valid_bits_per_dim": valid["bits_per_dim"],
+            "valid_nll": valid["nll_nats"] if valid else None,
+            "valid_bits_per_dim": valid["bits_per_dim"] if valid else None,
             "lr": self.opt.param_groups[0]["lr"],
             "seconds": time.perf_counter() - self.start,
             **({"partial": True} if partial else {}),
@@ -696,9 +701,13 @@ class Trainer:
         if improved:
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         epoch_name = f"{epoch + 1:3d}" if not partial else f"{at:g} (partial)"
+        checked = (
+            f"  valid {valid['nll_nats']:9.3f} nats  ({valid['bits_per_dim']:.4f} bits/dim)"
+            if valid
+            else f"  (validated every {cfg.valid_every} epochs)"
+        )
         self.say(
-            f"epoch {epoch_name}  train {train_nll:9.3f}  valid {valid['nll_nats']:9.3f} nats"
-            f"  ({valid['bits_per_dim']:.4f} bits/dim)  {row['seconds']:7.1f} s"
+            f"epoch {epoch_name}  train {train_nll:9.3f}{checked}  {row['seconds']:7.1f} s"
             f"{'  *' if improved else ''}"
         )
         # why the run stops here, if it does: recorded in this checkpoint (for --resume)
@@ -708,7 +717,11 @@ class Trainer:
             ending = "epochs"
         elif cfg.patience and c["bad_epochs"] >= cfg.patience:
             ending = "early stopping"
-        elif distributed.broadcast_flag(d, self.over_budget(), self.device):
+        elif (
+            over
+            if over is not None
+            else distributed.broadcast_flag(d, self.over_budget(), self.device)
+        ):
             ending = "time budget"
         else:
             ending = None
