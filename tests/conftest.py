@@ -18,6 +18,8 @@ TINY_OPTIONS: dict[str, dict] = {
     "diagonal-bilstm": {"hidden": 3, "layers": 2},
     "nade": {"hidden": 5, "block": 2},
     "rnade": {"hidden": 5, "components": 2, "block": 2},
+    "made": {"hidden": 6, "layers": 2},
+    "deep-nade": {"hidden": 5, "layers": 2},
 }
 
 DATA_DIR = Path(
