@@ -20,7 +20,7 @@ from chainrule.completion import (
 from chainrule.orderings import raster_order
 
 from .conftest import randomize, tiny
-from .oracles import tv_threshold
+from .oracles import all_states, tv_threshold
 
 MODELS = ["pixelcnn", "row-lstm", "diagonal-bilstm", "nade"]
 
@@ -187,3 +187,49 @@ def test_cli_complete(tmp_path, capsys):
     assert main([*args, "--occlude", "middle"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown occlusion" in err[0]
+
+
+def test_checkerboard_and_random_occlusions():
+    from chainrule.completion import occlusion_mask
+
+    m = occlusion_mask("checkerboard", (2, 3, 4))
+    assert m.shape == (2, 3, 4) and m[0, 0, 0] and not m[0, 0, 1] and not m[0, 1, 0]
+    assert int(m[0].sum()) == 6 and torch.equal(m[0], m[1])  # half the pixels, channels alike
+    r = occlusion_mask("random:0.25", (1, 4, 5), seed=3)
+    assert int((~r).sum()) == 5  # a quarter of 20 pixels hidden
+    assert torch.equal(r, occlusion_mask("random:0.25", (1, 4, 5), seed=3))  # seeded
+    assert not torch.equal(r, occlusion_mask("random:0.25", (1, 4, 5), seed=4))
+    assert torch.equal(occlusion_mask("random:0.25:3", (1, 4, 5), seed=9), r)  # its own seed
+    for bad, match in [
+        ("random:1.5", "between 0 and 1"),
+        ("random:x", "random:FRACTION"),
+        ("random:0.01", "at least one"),
+        ("random:0.5:1:2", "random:FRACTION"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            occlusion_mask(bad, (1, 4, 5))
+
+
+@pytest.mark.parametrize("name", ["made", "deep-nade"])
+def test_conditional_log_likelihood_of_a_completion_is_normalized(name):
+    """For a checkerboard mask (not a prefix), exp(log p(hidden | visible)) summed over every
+    value of the hidden pixels is one, for each visible part."""
+    from chainrule.completion import (
+        conditional_log_likelihood,
+        is_exact_for,
+        occlusion_mask,
+    )
+
+    model = tiny(name, (1, 2, 3), 2, ensemble=2)
+    mask = occlusion_mask("checkerboard", (1, 2, 3))
+    assert is_exact_for(model, mask)
+    states = all_states((1, 2, 3), 2)
+    cond = conditional_log_likelihood(model, states, mask)
+    seen = states.flatten(1)[:, mask.flatten()]
+    for values in torch.unique(seen, dim=0):
+        same = (seen == values).all(1)
+        assert abs(torch.logsumexp(cond[same], 0).item()) < 1e-10
+    with pytest.raises(ValueError, match="order-agnostic"):
+        conditional_log_likelihood(tiny("nade", (1, 2, 3), 2), states, mask)
+    assert not is_exact_for(tiny("nade", (1, 2, 3), 2), mask)
+    assert is_exact_for(tiny("nade", (1, 2, 3), 2), occlusion_mask("bottom-half", (1, 2, 3)))

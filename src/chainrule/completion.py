@@ -15,18 +15,25 @@ What is exact:
   pixel, and the completion need not join up with it. The models warn when this happens
   (:func:`chainrule.models.base.warn_if_not_prefix`). Exact conditioning on arbitrary masks would
   need p(given) marginals the chain rule does not give for free.
-* Order-agnostic models can move the given pixels to the front instead: a NADE's weights are
-  indexed by pixel, so one set of weights defines a NADE for every ordering.
-  :func:`nade_given_first` returns a copy of a NADE whose ordering visits the given pixels first
-  (:func:`given_first_ordering`); its completion is exact for *that* ordering's model, which is
-  the trained model only if it was trained with that ordering (or order-agnostically, e.g. a
-  NADE ensemble over orderings); otherwise it is a different distribution sharing the weights,
-  usually a worse one. PixelCNN/PixelRNN have a fixed raster ordering (their masks are built
-  into the convolutions), so for them only prefix masks are exact.
+* Order-agnostic models (``made``, ``deep-nade``: ``model.supports_completion_any_mask``) are
+  exact for *any* mask: they sample under the given-first ordering ``model.ordering_for(mask)``
+  (for an ensemble, each image's member drawn from p(member | given)), so the completion is an
+  exact draw from p(hidden | visible) of that ordering's model, and
+  :func:`conditional_log_likelihood` gives log p(hidden | visible) of each completion exactly
+  (``log_prob`` under that ordering minus the marginal ``log_prob_observed``).
+* A single-ordering NADE's weights are indexed by pixel, so one set of weights defines a NADE for
+  every ordering. :func:`nade_given_first` returns a copy of a NADE whose ordering visits the
+  given pixels first (:func:`given_first_ordering`); its completion is exact for *that*
+  ordering's model, which is the trained model only if it was trained with that ordering;
+  otherwise it is a different distribution sharing the weights, usually a worse one.
+  PixelCNN/PixelRNN have a fixed raster ordering (their masks are built into the convolutions),
+  so for them only prefix masks are exact.
 
 Occlusion specs (:func:`occlusion_mask`), in image coordinates ``x`` = column, ``y`` = row:
 ``bottom-half`` (rows ``>= H // 2`` hidden: a prefix in raster order), ``right-half`` (columns
-``>= W // 2`` hidden: not a prefix), ``box:x,y,w,h`` (that rectangle hidden).
+``>= W // 2`` hidden: not a prefix), ``box:x,y,w,h`` (that rectangle hidden), ``checkerboard``
+(every other pixel hidden, the top-left one kept) and ``random:FRACTION`` (that fraction of the
+pixels hidden, drawn with the run's seed; ``random:FRACTION:SEED`` names its own seed).
 """
 
 from __future__ import annotations
@@ -40,16 +47,18 @@ from torch import Tensor
 from .models.base import AutoregressiveModel
 from .plots import image_grid, save_image
 
-OCCLUSIONS = ("bottom-half", "right-half", "box:x,y,w,h")
+OCCLUSIONS = ("bottom-half", "right-half", "box:x,y,w,h", "checkerboard", "random:FRACTION[:SEED]")
 
 
-def occlusion_mask(spec: str, event_shape: tuple[int, int, int]) -> Tensor:
+def occlusion_mask(spec: str, event_shape: tuple[int, int, int], seed: int = 0) -> Tensor:
     """The mask of the *given* (kept) dimensions for an occlusion spec.
 
     Args:
-        spec: ``"bottom-half"``, ``"right-half"`` or ``"box:x,y,w,h"`` (column, row, width,
-            height of the hidden rectangle, in pixels, inside the image).
+        spec: ``"bottom-half"``, ``"right-half"``, ``"box:x,y,w,h"`` (column, row, width,
+            height of the hidden rectangle, in pixels, inside the image), ``"checkerboard"``
+            or ``"random:FRACTION"`` / ``"random:FRACTION:SEED"`` (see the module doc).
         event_shape: ``(C, H, W)``.
+        seed: the seed of ``random:FRACTION`` when the spec names none.
 
     Returns:
         ``(C, H, W)`` boolean, True where a value is given (all channels of a pixel alike).
@@ -73,9 +82,72 @@ def occlusion_mask(spec: str, event_shape: tuple[int, int, int]) -> Tensor:
                 f"{h}x{w} image (x + w <= {w}, y + h <= {h})"
             )
         keep[by : by + bh, bx : bx + bw] = False
+    elif spec == "checkerboard":
+        keep = (torch.arange(h)[:, None] + torch.arange(w)[None, :]) % 2 == 0
+    elif isinstance(spec, str) and spec.startswith("random:"):
+        keep = _random_keep(spec, h, w, seed)
     else:
         raise ValueError(f"unknown occlusion {spec!r}: use one of {', '.join(OCCLUSIONS)}")
     return keep.unsqueeze(0).expand(c, h, w).clone()
+
+
+def _random_keep(spec: str, h: int, w: int, seed: int) -> Tensor:
+    """``random:FRACTION[:SEED]``: round(FRACTION * H * W) pixels hidden, drawn uniformly."""
+    parts = spec.split(":")
+    try:
+        fraction = float(parts[1])
+        seed = int(parts[2]) if len(parts) == 3 else seed
+        if len(parts) > 3:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise ValueError(
+            f"random occlusion must be 'random:FRACTION' or 'random:FRACTION:SEED' (e.g. "
+            f"random:0.5), got {spec!r}"
+        ) from None
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"random occlusion: FRACTION must be between 0 and 1, got {fraction:g}")
+    hidden = round(fraction * h * w)
+    if not 0 < hidden < h * w:
+        raise ValueError(
+            f"random occlusion: {fraction:g} of {h * w} pixels hides {hidden}; give a fraction that "
+            f"hides at least one pixel and keeps at least one"
+        )
+    perm = torch.randperm(h * w, generator=torch.Generator().manual_seed(seed))
+    keep = torch.ones(h * w, dtype=torch.bool)
+    keep[perm[:hidden]] = False
+    return keep.reshape(h, w)
+
+
+def is_exact_for(model: AutoregressiveModel, mask: Tensor) -> bool:
+    """Whether ``model.sample(given=..., mask=mask)`` is an exact draw from p(hidden | given):
+    for an order-agnostic model always, else when the given dimensions are a prefix of every
+    ordering the model samples in."""
+    if model.supports_completion_any_mask:
+        return True
+    orders = getattr(model, "orders", None)
+    orders = orders if orders is not None else model.decoder_order(0)[None]
+    return all(is_prefix(mask, o) for o in orders)
+
+
+@torch.no_grad()
+def conditional_log_likelihood(model: AutoregressiveModel, x: Tensor, mask: Tensor) -> Tensor:
+    """log p(hidden | visible) in nats of each completed image ``x`` ``(N, C, H, W)``, exactly:
+    ``log_prob(x, ordering=ordering_for(mask)) - log_prob_observed(x, mask)`` (an order-agnostic
+    model; ``mask`` ``(C, H, W)`` or ``(N, C, H, W)``, True = visible). ``(N,)``."""
+    if not model.supports_completion_any_mask:
+        raise ValueError(
+            f"the conditional log-likelihood of a completion needs an order-agnostic model "
+            f"(made, deep-nade), not {model.name!r}"
+        )
+    x = model.check_images(x)
+    mask = torch.broadcast_to(torch.as_tensor(mask).to(x.device), x.shape)
+    rows, groups = torch.unique(mask.flatten(1), dim=0, return_inverse=True)
+    out = x.new_empty(x.shape[0])
+    for g in range(rows.shape[0]):
+        r = (groups == g).nonzero()[:, 0]
+        order = model.ordering_for(rows[g])
+        out[r] = model.log_prob(x[r], ordering=order) - model.log_prob_observed(x[r], rows[g])
+    return out
 
 
 def is_prefix(mask: Tensor, order: Tensor) -> bool:
@@ -204,6 +276,8 @@ __all__ = [
     "is_prefix",
     "given_first_ordering",
     "nade_given_first",
+    "is_exact_for",
+    "conditional_log_likelihood",
     "complete",
     "completion_grid",
 ]
