@@ -216,12 +216,15 @@ class OrderAgnosticModel(AutoregressiveModel):
 
         Args:
             x: ``(B, C, H, W)`` images (their missing values are ignored).
-            mask: boolean, broadcastable to ``x``; True marks the observed dimensions.
+            mask: boolean, broadcastable to ``x`` (or one flat ``(D,)`` mask); True marks the
+                observed dimensions.
         """
         x = self.check_images(x)
         m = torch.as_tensor(mask)
         if m.dtype != torch.bool:
             raise ValueError(f"mask must be a boolean tensor, got dtype {m.dtype}")
+        if m.dim() == 1 and m.numel() == self.dim:  # one flat mask
+            m = m.reshape(self.event_shape)
         try:
             m = torch.broadcast_to(m.to(x.device), x.shape).flatten(1)
         except RuntimeError:
