@@ -4,7 +4,8 @@ checks as the CLI; no second loader).
 
 The scripts import it as ``from _common import ...`` (they run as ``python benchmarks/X.py``,
 which puts this folder on ``sys.path``); importing it also puts ``src/`` on the path so a
-checkout runs without an install.
+checkout runs without an install, and the repository root, so that a benchmark can time the
+test oracles (``from tests.oracles.pixelrnn import ...``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-if str(ROOT / "src") not in sys.path:
-    sys.path.insert(0, str(ROOT / "src"))
+for _path in (ROOT / "src", ROOT):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import torch  # noqa: E402
 

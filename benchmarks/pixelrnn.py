@@ -6,9 +6,10 @@ Written to ``benchmarks/results/pixelrnn.json`` (``--out``) and printed.
 1. Throughput, per model (``row-lstm``, ``diagonal-bilstm``, ``pixelcnn``) and size (``paper``:
    7 layers x 16 units for the recurrent models, 12 layers x 64 feature maps for PixelCNN;
    ``small``: the ``cpu-small`` preset): images/s of a training step (forward, backward, Adam
-   step) and of an evaluation pass (``log_prob`` without gradients), for ``impl="fast"`` and
-   for ``impl="reference"`` (the plain eager oracle kept for the tests: the Row LSTM one row at
-   a time with ``F.conv2d``/``F.conv1d``, the Diagonal BiLSTM one *pixel* at a time) on the
+   step) and of an evaluation pass (``log_prob`` without gradients), for the library's fast
+   layers and for the *reference* (the plain eager oracle of the tests,
+   ``tests/oracles/pixelrnn.py``: the Row LSTM one row at a time with
+   ``F.conv2d``/``F.conv1d``, the Diagonal BiLSTM one *pixel* at a time) on the
    same weights and the same batch, interleaved repeat by repeat in one process. Medians of
    ``--repeats`` (the reference, far slower, gets ``--ref-repeats``); ratio = fast / reference.
    PixelCNN has no recurrence: its one implementation is timed alone.
@@ -47,6 +48,7 @@ from _common import timed as _timed  # noqa: E402
 import chainrule  # noqa: E402
 from chainrule.models import layers  # noqa: E402
 from chainrule.models.pixelrnn import preset_options  # noqa: E402
+from tests.oracles.pixelrnn import with_oracle_layers  # noqa: E402
 
 MODELS = ("row-lstm", "diagonal-bilstm", "pixelcnn")
 #: the issue's reference points (plain eager PyTorch reading of the paper, 7 x 16, Adam step)
@@ -61,7 +63,7 @@ ISSUE_REFERENCE_IMG_S = {
 NOTES = [
     "reference = the test oracle: Row LSTM one row at a time (F.conv2d + F.conv1d, gates one "
     "by one); Diagonal BiLSTM one pixel at a time on the unskewed image. Ratios compare it "
-    "with impl='fast' on the same weights and batch, interleaved in one process.",
+    "with the library's layers on the same weights and batch, interleaved in one process.",
     "Diagonal BiLSTM: the first fast version sliced each diagonal out of the skewed gate map; "
     "the backward of every slice zero-filled a full-map gradient (aten::fill_/copy_ were 60-75% "
     "of the step). Gathering the valid skewed cells once (index_select) and splitting per "
@@ -160,9 +162,7 @@ def throughput(args, device, x) -> list[dict]:
             fast = chainrule.build(name, (1, 28, 28), 2, **opts).to(device)
             variants = {"fast": fast}
             if name != "pixelcnn" and not args.no_reference:
-                ref = chainrule.build(name, (1, 28, 28), 2, impl="reference", **opts).to(device)
-                ref.load_state_dict(fast.state_dict())
-                variants["reference"] = ref
+                variants["reference"] = with_oracle_layers(fast)
             if args.compile_cell and name != "pixelcnn":
                 variants["fast+compiled-cell"] = fast  # same model, the cell swapped in below
             res = {v: {"train": [], "eval": []} for v in variants}

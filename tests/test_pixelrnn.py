@@ -23,6 +23,7 @@ from chainrule.models.layers import (
 from chainrule.models.pixelrnn import PRESETS, preset_options
 
 from .conftest import randomize
+from .oracles.pixelrnn import diagonal_bilstm_reference, row_lstm_reference, with_oracle_layers
 
 MODELS = ["pixelcnn", "row-lstm", "diagonal-bilstm"]
 RNN = ["row-lstm", "diagonal-bilstm"]
@@ -117,8 +118,8 @@ def test_fast_layer_equals_reference_with_gradients(layer, colors, h, w):
         args = (torch.randn(2, colors, h, w),)
     randomize(mod, seed=3, scale=0.8)
     x = torch.randn(2, fin, h, w, requires_grad=True)
-    fast = mod.forward_fast(x, *args)
-    ref = mod.forward_reference(x, *args)
+    fast = mod(x, *args)
+    ref = (row_lstm_reference if layer == "row" else diagonal_bilstm_reference)(mod, x, *args)
     assert fast.shape == ref.shape == (2, units, h, w)
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
     v = torch.randn_like(fast)
@@ -135,8 +136,7 @@ def test_fast_layer_equals_reference_with_gradients(layer, colors, h, w):
 def test_fast_model_equals_reference_model(name, opts):
     shape, levels = (3, 4, 5), 4
     fast = build(name, shape, levels, **opts)
-    ref = chainrule.build(name, shape, levels, hidden=3, layers=2, impl="naive", **opts).double()
-    ref.load_state_dict(fast.state_dict())
+    ref = with_oracle_layers(fast)
     x = torch.randint(0, levels, (3, *shape)).double()
     torch.testing.assert_close(
         fast.conditional_log_probs(x), ref.conditional_log_probs(x), rtol=0, atol=1e-11
@@ -197,7 +197,7 @@ def test_causality_by_perturbation(name, shape, levels):
 )
 def test_reference_impl_is_causal_too(name, opts):
     shape, levels = (3, 3, 4), 3
-    model = build(name, shape, levels, impl="naive", **opts)
+    model = with_oracle_layers(build(name, shape, levels, **opts))
     step = step_index(shape)
     d = math.prod(shape)
     x = torch.randint(0, levels, (1, *shape)).double()

@@ -281,7 +281,7 @@ def check_event_shape(event_shape: Any) -> tuple[int, int, int]:
         raise ValueError(f"event_shape must be a tuple (C, H, W) of ints, got {event_shape!r}")
     shape = tuple(event_shape)
     if len(shape) != 3 or not all(
-        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and int(s) >= 1 for s in shape
     ):
         raise ValueError(f"event_shape must be three positive ints (C, H, W), got {event_shape!r}")
     return tuple(int(s) for s in shape)  # type: ignore[return-value]
@@ -373,3 +373,13 @@ def config_from_options(config_cls: type, options: dict[str, Any], model_name: s
     if validate is not None:
         validate()
     return config
+
+
+#: names of computation paths from before the eager oracles moved to ``tests/oracles`` (saved
+#: configs, scripts); read as "auto", the fast path (the same weights, the same values)
+RETIRED_IMPLS = ("fast", "reference", "naive")
+
+
+def canonical_impl(impl: Any) -> Any:
+    """``impl`` with a retired name (:data:`RETIRED_IMPLS`) read as ``"auto"``."""
+    return "auto" if impl in RETIRED_IMPLS else impl

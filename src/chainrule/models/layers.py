@@ -1,5 +1,5 @@
 """Layers of PixelRNN (van den Oord, Kalchbrenner & Kavukcuoglu, 2016): masked convolutions,
-the Row LSTM and the Diagonal BiLSTM, each with a fast path and a plain eager oracle.
+the Row LSTM and the Diagonal BiLSTM.
 
 Channel groups. In colour the dimensions of one pixel are generated R, then G, then B. Every
 feature map of the network is split into ``C`` contiguous groups of channels (feature ``f`` of
@@ -33,12 +33,12 @@ the order i, f, o, g; sigmoid on i, f, o and tanh on g; ``c' = f c + i g``, ``h'
   With ``context_ch > 0`` the image itself also enters the right-to-left gates unmasked (see
   :meth:`DiagonalBiLSTMLayer.forward`); then one layer sees every previous pixel.
 
-Each recurrent layer has ``impl="auto"`` (formerly ``"fast"``: whole-map input-to-state
-convolution, one matrix product per step for the state, both directions batched, only the valid
-cells of each diagonal computed) and ``impl="naive"`` (formerly ``"reference"``: one row at a
-time with ``F.conv2d`` / ``F.conv1d`` for the Row LSTM; one *pixel* at a time on the unskewed
-image, from the definition above, for the Diagonal BiLSTM). The naive path is the test oracle;
-the two agree to float64 rounding.
+Each recurrent layer computes the whole input-to-state convolution at once, then one matrix
+product per step for the state (a row of the Row LSTM, a diagonal of the Diagonal BiLSTM, both
+directions batched, only the valid cells of each diagonal computed). The plain eager oracles
+(the Row LSTM one row at a time with ``F.conv2d`` / ``F.conv1d``, the Diagonal BiLSTM one pixel
+at a time on the unskewed image, the LSTM update gate by gate) are in ``tests/oracles``; the
+two agree to float64 rounding, values and gradients.
 
 Steps are separable: :meth:`RowLSTMLayer.step` maps one row of input-to-state gates and the
 previous row's ``(h, c)`` to the next; :meth:`DiagonalBiLSTMLayer.step` does the same for one
@@ -50,21 +50,11 @@ pixel in raster order (``stack_cache``: :class:`PixelCNNBlockCache`, :class:`Row
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-#: computation paths, the library's one vocabulary: "auto" (the fast path for the device) and
-#: "naive" (the plain oracle, same weights); NADE adds its named fast paths "sparse", "block"
-IMPLS = ("auto", "naive")
-#: older names, still accepted (saved configs, scripts): "fast" = "auto", "reference" = "naive"
-IMPL_ALIASES = {"fast": "auto", "reference": "naive"}
-
-
-def canonical_impl(impl: str) -> str:
-    """``impl`` in the library's vocabulary (:data:`IMPLS`), older names translated."""
-    return IMPL_ALIASES.get(impl, impl)
 
 
 # ---------------------------------------------------------------------- masks
@@ -148,7 +138,8 @@ class _LSTMUpdate(torch.autograd.Function):
 
     Autograd's own backward of the sliced gates zero-fills a full-width gradient for every
     slice (six per step) and adds them up; here the gate gradients are computed from the saved
-    activations and concatenated once. Checked against the gate-by-gate oracle in float64.
+    activations and concatenated once. Tested against the gate-by-gate oracle in float64
+    (``tests/oracles/pixelrnn.py``).
     """
 
     @staticmethod
@@ -182,13 +173,6 @@ def lstm_update(g: Tensor, c: Tensor, units: int) -> tuple[Tensor, Tensor]:
     return _LSTMUpdate.apply(g, c, units)
 
 
-def lstm_update_plain(g: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """The same update written gate by gate (the oracle): ``g`` ``(B, 4h, ...)``."""
-    i, f, o, gg = g.chunk(4, dim=1)
-    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
-    return torch.sigmoid(o) * torch.tanh(c_new), c_new
-
-
 # ---------------------------------------------------------------------- Row LSTM
 class RowLSTMLayer(nn.Module):
     """Row LSTM layer: ``(B, F, H, W)`` -> ``(B, units, H, W)``.
@@ -198,12 +182,11 @@ class RowLSTMLayer(nn.Module):
         units: hidden units h.
         colors: colour groups C.
         kernel: k of the ``1 x k`` input-to-state and state-to-state convolutions (odd).
-        impl: ``"auto"`` or ``"naive"`` (see module doc; older names accepted); same weights.
     """
 
-    def __init__(self, in_ch: int, units: int, colors: int, kernel: int = 3, impl: str = "auto"):
+    def __init__(self, in_ch: int, units: int, colors: int, kernel: int = 3):
         super().__init__()
-        self.units, self.kernel, self.impl = units, kernel, canonical_impl(impl)
+        self.units, self.kernel = units, kernel
         self.input_to_state = MaskedConv2d(
             in_ch, 4 * units, (1, kernel), "B", colors, out_groups=gate_groups(units, colors)
         )
@@ -213,11 +196,6 @@ class RowLSTMLayer(nn.Module):
         )
 
     takes_context = False
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.impl == "naive":
-            return self.forward_reference(x)
-        return self.forward_fast(x)
 
     @staticmethod
     def stack_cache(blocks, n: int, h: int, w: int, like: Tensor) -> StackCache:
@@ -244,7 +222,7 @@ class RowLSTMLayer(nn.Module):
         g = torch.addmm(gin_row, cols, m.t())  # (B*W, 4h)
         return lstm_update(g, c, self.units)
 
-    def forward_fast(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         b, _, hh, w = x.shape
         gin = self.input_to_state(x)  # (B, 4h, H, W), whole map at once
         gin = gin.permute(2, 0, 3, 1).reshape(hh, b * w, 4 * self.units)  # (H, B*W, 4h)
@@ -255,21 +233,6 @@ class RowLSTMLayer(nn.Module):
             rows.append(state[0])
         out = torch.stack(rows, 0).view(hh, b, w, self.units)  # (H, B, W, h)
         return out.permute(1, 3, 0, 2)  # (B, h, H, W)
-
-    def forward_reference(self, x: Tensor) -> Tensor:
-        """One row at a time, convolutions as the paper writes them (the oracle)."""
-        b, _, hh, w = x.shape
-        conv = self.input_to_state
-        h = x.new_zeros(b, self.units, w)
-        c = x.new_zeros(b, self.units, w)
-        rows = []
-        for r in range(hh):
-            xr = x[:, :, r : r + 1, :]  # (B, F, 1, W)
-            gin = F.conv2d(xr, conv.weight * conv.mask, conv.bias, padding=(0, self.kernel // 2))
-            gss = F.conv1d(h, self.state_to_state, padding=self.kernel // 2)  # (B, 4h, W)
-            h, c = lstm_update_plain(gin[:, :, 0, :] + gss, c)
-            rows.append(h)
-        return torch.stack(rows, 2)  # (B, h, H, W)
 
 
 # ---------------------------------------------------------------------- skewing
@@ -333,14 +296,13 @@ class DiagonalBiLSTMLayer(nn.Module):
         in_ch: input features F.
         units: hidden units h (per direction).
         colors: colour groups C.
-        impl: ``"auto"`` or ``"naive"`` (older names accepted).
+        context_ch: channels of the image fed, unmasked, into the right-to-left gates (0: none,
+            the paper's layer as written).
     """
 
-    def __init__(
-        self, in_ch: int, units: int, colors: int, impl: str = "auto", context_ch: int = 0
-    ):
+    def __init__(self, in_ch: int, units: int, colors: int, context_ch: int = 0):
         super().__init__()
-        self.units, self.impl = units, canonical_impl(impl)
+        self.units = units
         # input-to-state for both directions: one 1x1 masked conv with 2 * 4h outputs
         self.input_to_state = MaskedConv2d(
             in_ch, 8 * units, (1, 1), "B", colors, out_groups=gate_groups(units, colors).repeat(2)
@@ -376,9 +338,28 @@ class DiagonalBiLSTMLayer(nn.Module):
         """
         if (context is None) != (self.context_to_state is None):
             raise ValueError("context must be given exactly when the layer has context_ch > 0")
-        if self.impl == "naive":
-            return self.forward_reference(x, context)
-        return self.forward_fast(x, context)
+        b, _, hh, w = x.shape
+        u = self.units
+        to_diag, to_raster, sizes = diagonal_order(hh, w, x.device)
+        # Skewing, done as a gather: the valid cells of the skewed map, column by column (one
+        # diagonal after the other), are a permutation of the H*W pixels. Gathering them once
+        # and splitting per diagonal gives contiguous (2, R, B, 4h) blocks whose gradients
+        # are concatenated once, instead of a zero-filled full-map gradient per slice.
+        gin = self.input_gates(x, context)  # (2, B, 4h, H, W)
+        gin = gin.permute(0, 3, 4, 1, 2).reshape(2, hh * w, b, 4 * u).index_select(1, to_diag)
+        h = x.new_zeros(2, 0, b, u)
+        c = h
+        prev = (0, -1)
+        cols = []
+        for j, gin_j in enumerate(gin.split(sizes, 1)):  # (2, R_j, B, 4h) per diagonal
+            lo, hi = diagonal_rows(j, hh, w)
+            h, c = self.step(gin_j, h, c, (lo, hi), prev)
+            cols.append(h)
+            prev = (lo, hi)
+        # and back from diagonal order to raster order (the unskew) with one index
+        out = torch.cat(cols, 1).index_select(1, to_raster)
+        out = out.view(2, hh, w, b, u).permute(0, 3, 4, 1, 2)  # (2, B, h, H, W)
+        return self.combine(torch.stack([out[0], out[1].flip(-1)], 0))
 
     @staticmethod
     def stack_cache(blocks, n: int, h: int, w: int, like: Tensor) -> DiagonalBiLSTMStackCache:
@@ -434,62 +415,6 @@ class DiagonalBiLSTMLayer(nn.Module):
         if context is not None:
             g1 = g1 + torch.einsum("oc,bchw->bohw", self.context_to_state, context)
         return torch.stack([gin[:, 0], g1.flip(-1)], 0)
-
-    def forward_fast(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        b, _, hh, w = x.shape
-        u = self.units
-        to_diag, to_raster, sizes = diagonal_order(hh, w, x.device)
-        # Skewing, done as a gather: the valid cells of the skewed map, column by column (one
-        # diagonal after the other), are a permutation of the H*W pixels. Gathering them once
-        # and splitting per diagonal gives contiguous (2, R, B, 4h) blocks whose gradients
-        # are concatenated once, instead of a zero-filled full-map gradient per slice.
-        gin = self.input_gates(x, context)  # (2, B, 4h, H, W)
-        gin = gin.permute(0, 3, 4, 1, 2).reshape(2, hh * w, b, 4 * u).index_select(1, to_diag)
-        h = x.new_zeros(2, 0, b, u)
-        c = h
-        prev = (0, -1)
-        cols = []
-        for j, gin_j in enumerate(gin.split(sizes, 1)):  # (2, R_j, B, 4h) per diagonal
-            lo, hi = diagonal_rows(j, hh, w)
-            h, c = self.step(gin_j, h, c, (lo, hi), prev)
-            cols.append(h)
-            prev = (lo, hi)
-        # and back from diagonal order to raster order (the unskew) with one index
-        out = torch.cat(cols, 1).index_select(1, to_raster)
-        out = out.view(2, hh, w, b, u).permute(0, 3, 4, 1, 2)  # (2, B, h, H, W)
-        return self.combine(torch.stack([out[0], out[1].flip(-1)], 0))
-
-    def forward_reference(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """One pixel at a time on the unskewed image, from the definition (the oracle)."""
-        b, _, hh, w = x.shape
-        u = self.units
-        conv = self.input_to_state
-        wi = (conv.weight * conv.mask)[:, :, 0, 0].view(2, 4 * u, -1)  # (2, 4h, F)
-        bi = conv.bias.view(2, 4 * u)
-        zero = x.new_zeros(b, u)
-        outs = []
-        for d in range(2):
-            xd = x if d == 0 else x.flip(-1)  # direction 1: mirrored image
-            cd = context.flip(-1) if (d == 1 and context is not None) else None
-            hs = [[zero] * w for _ in range(hh)]
-            cs = [[zero] * w for _ in range(hh)]
-            for r in range(hh):
-                for col in range(w):
-                    above = hs[r - 1][col] if r > 0 else zero
-                    left = hs[r][col - 1] if col > 0 else zero
-                    c_left = cs[r][col - 1] if col > 0 else zero
-                    g = (
-                        xd[:, :, r, col] @ wi[d].t()
-                        + bi[d]
-                        + above @ self.state_to_state[d, 0]
-                        + left @ self.state_to_state[d, 1]
-                    )
-                    if cd is not None:  # the whole pixel, unmasked: direction 1 is shifted
-                        g = g + cd[:, :, r, col] @ self.context_to_state.t()
-                    hs[r][col], cs[r][col] = lstm_update_plain(g, c_left)
-            hd = torch.stack([torch.stack(row, -1) for row in hs], -2)  # (B, h, H, W)
-            outs.append(hd if d == 0 else hd.flip(-1))
-        return self.combine(torch.stack(outs, 0))
 
 
 # ---------------------------------------------------------------------- residual blocks
@@ -622,7 +547,8 @@ class RowLSTMCache:
     the state-to-state convolution of the previous row."""
 
     def __init__(self, block: Residual, n: int, h: int, w: int, like: Tensor):
-        rnn: RowLSTMLayer = block.rnn
+        rnn = block.rnn
+        assert isinstance(rnn, RowLSTMLayer)
         self.u, self.k = rnn.units, rnn.kernel
         self.conv = ConvCache(rnn.input_to_state, n, 1, w, like)  # one row (kernel height 1)
         self.s2s = rnn.state_to_state.reshape(4 * self.u, self.u * self.k).t()  # (h*k, 4h)
@@ -658,7 +584,7 @@ class DiagonalBiLSTMStackCache:
     the output shifted down one row)."""
 
     def __init__(self, blocks: list[Residual], n: int, h: int, w: int, like: Tensor):
-        rnns: list[DiagonalBiLSTMLayer] = [b.rnn for b in blocks]
+        rnns = [cast(DiagonalBiLSTMLayer, b.rnn) for b in blocks]
         self.layers = len(rnns)
         u = self.u = rnns[0].units
         self.n, self.w = n, w
@@ -669,8 +595,8 @@ class DiagonalBiLSTMStackCache:
         self.in_b1 = torch.stack([b[4 * u :] for _, b in lin])  # (L, 4h)
         self.s2s = [r.state_to_state for r in rnns]  # (2, 2, h, 4h): (direction, tap)
         # full_context: the whole (scaled) pixel, unmasked, into the right-to-left gates
-        ctx = [r.context_to_state for r in rnns]
-        self.ctx_w = torch.stack([c.t() for c in ctx]) if ctx[0] is not None else None  # (L, C, 4h)
+        ctx = [r.context_to_state for r in rnns if r.context_to_state is not None]
+        self.ctx_w = torch.stack([c.t() for c in ctx]) if ctx else None  # (L, C, 4h)
         self.s2s_1 = torch.stack([r.state_to_state[1] for r in rnns], 1)  # (2 taps, L, h, 4h)
         proj = [linear_of(b.proj) for b in blocks]
         self.proj_w = [wt for wt, _ in proj]

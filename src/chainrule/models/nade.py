@@ -28,10 +28,10 @@ ordering. ``ensemble = E > 1`` makes the model the uniform mixture of the NADEs 
 mixture likelihood (order-agnostic training restricted to E orderings, Uria et al. 2016, without
 their mask inputs); sampling picks an ordering uniformly, then samples from it.
 
-Computation paths for the D conditionals (all equal to float rounding; the tests hold them to
-1e-10 in float64, values and gradients):
+Computation paths for the D conditionals (equal to float rounding; the tests hold them to the
+per-dimension loop of the paper, ``tests/oracles/nade.py``, to 1e-10 in float64, values and
+gradients):
 
-* ``naive``: the per-dimension Python loop with autograd, the obvious code and the test oracle.
 * ``sparse`` (binary data, default on CPU): a per-step in-place loop inside a custom autograd
   Function. With binary inputs a_i changes only on the rows whose previous pixel is 1, so the
   activation and hidden units are updated on those rows only; the backward pass walks the steps
@@ -60,11 +60,12 @@ from torch import Tensor, nn
 
 from .. import sampling
 from ..orderings import check_ordering_spec, resolve_ordering
+from .base import canonical_impl
 from .ordered import OrderedModel
 from .registry import register
 
 ACTIVATIONS = ("sigmoid", "relu")
-IMPLS = ("auto", "naive", "sparse", "block")
+IMPLS = ("auto", "sparse", "block")
 
 
 @dataclass
@@ -92,7 +93,7 @@ class NADEConfig:
     impl: str = field(
         default="auto",
         metadata={
-            "help": "computation path: auto (sparse on CPU for binary data, else block), naive, sparse or block"
+            "help": "computation path: auto (sparse on CPU for binary data, else block), sparse or block (an older naive is read as auto)"
         },
     )
     block: int = field(default=32, metadata={"help": "steps per block of the block path"})
@@ -100,6 +101,9 @@ class NADEConfig:
         default=1.0,
         metadata={"help": "multiplies the default initial weight scales (1: unchanged)"},
     )
+
+    def __post_init__(self) -> None:
+        self.impl = canonical_impl(self.impl)  # saved configs: "naive"
 
     def validate(self) -> None:
         check_ordering_spec(self.ordering)
@@ -130,33 +134,6 @@ def activation_grad(a: Tensor, h: Tensor, activation: str) -> Tensor:
     if activation == "sigmoid":
         return h * (1.0 - h)
     return (h > 0).to(h.dtype)  # relu(a) > 0 exactly when a > 0
-
-
-def naive_preoutputs(
-    phi: Tensor, w: Tensor, c: Tensor, v: Tensor, rho: Tensor | None, activation: str
-) -> Tensor:
-    """The per-dimension loop, the test oracle: obviously correct, O(DH) per image.
-
-    Args:
-        phi: ``(B, D, Min)`` input features of each step (in visiting order).
-        w: ``(D, Min, H)`` input weights of each step.
-        c: ``(H,)`` hidden bias.
-        v: ``(D, Mout, H)`` output weights of each step.
-        rho: ``(D,)`` per-step activation scale (RNADE) or None.
-        activation: "sigmoid" or "relu".
-
-    Returns:
-        ``(B, D, Mout)``: ``V_i act(rho_i a_i)`` for every step i.
-    """
-    b, d, _ = phi.shape
-    a = c.expand(b, -1)
-    out = []
-    for i in range(d):
-        z = a if rho is None else a * rho[i]
-        h = activate(z, activation)  # (B, H)
-        out.append(h @ v[i].T)  # (B, Mout)
-        a = a + phi[:, i] @ w[i]  # (B, Min) @ (Min, H)
-    return torch.stack(out, 1)
 
 
 class BlockNADE(torch.autograd.Function):
@@ -320,6 +297,7 @@ class NADE(OrderedModel):
     name = "nade"
     Config = NADEConfig
     supports = ("binary", "discrete")
+    levels: int  # K: the model is discrete only (``supports``, checked when it is built)
     # measured on digits (the main job): lr 2e-2 with a cosine decay over 50 epochs reaches
     # 17.2 test nats where Adam's usual 1e-3 for 20 epochs stops at 23.0
     train_defaults = {"lr": 2e-2, "lr_schedule": "cosine", "epochs": 50, "patience": 10}
@@ -401,13 +379,11 @@ class NADE(OrderedModel):
         Args:
             xo: values in the visiting order of ordering ``e`` of the ensemble.
             e: which ordering (0: the configured one).
-            impl: "naive", "sparse" or "block" (default: the config's choice).
+            impl: "sparse" or "block" (default: the config's choice).
         """
         impl = impl or self._impl(xo)
         w, v = self.by_step(self.weight_in, e), self.by_step(self.weight_out, e)
         act = self.config.activation
-        if impl == "naive":
-            return naive_preoutputs(self.phi(xo), w, self.bias_hidden, v, None, act)
         if impl == "sparse":
             if self.levels != 2:
                 raise ValueError("the sparse path needs binary data (levels=2)")
@@ -548,7 +524,6 @@ __all__ = [
     "NADEConfig",
     "BlockNADE",
     "SparseBinaryNADE",
-    "naive_preoutputs",
     "activate",
     "activation_grad",
 ]

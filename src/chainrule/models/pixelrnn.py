@@ -49,7 +49,7 @@ layer as written.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -58,16 +58,14 @@ from torch import Tensor, nn
 from .. import sampling
 from ..distributions import head_for
 from ..orderings import raster_order
-from .base import AutoregressiveModel
+from .base import RETIRED_IMPLS, AutoregressiveModel, canonical_impl
 from .layers import (
-    IMPLS,
     ConvCache,
     DiagonalBiLSTMLayer,
     MaskedConv2d,
     PixelCNNBlock,
     Residual,
     RowLSTMLayer,
-    canonical_impl,
     linear_of,
 )
 from .registry import register
@@ -140,7 +138,7 @@ class PixelRNNConfig:
     impl: str = field(
         default="auto",
         metadata={
-            "help": "recurrent layers' path: auto (the fast path), or naive (the plain eager oracle; same weights); older names fast, reference accepted"
+            "help": "computation path: auto, the only one (kept so that saved configs load: their fast, reference or naive are read as auto)"
         },
     )
     # Diagonal BiLSTM only: feed the image, unmasked, into the right-to-left gates, which closes
@@ -160,8 +158,7 @@ class PixelRNNConfig:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.impl, str):
-            self.impl = canonical_impl(self.impl)  # "fast" -> "auto", "reference" -> "naive"
+        self.impl = canonical_impl(self.impl)  # saved configs: "fast", "reference", "naive"
         if self.preset:
             if not isinstance(self.preset, str):
                 raise ValueError(f"preset must be a string, got {self.preset!r}")
@@ -188,8 +185,10 @@ class PixelRNNConfig:
             )
         if not isinstance(self.full_context, bool):
             raise ValueError(f"full_context must be True or False, got {self.full_context!r}")
-        if self.impl not in IMPLS:
-            raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {self.impl!r}")
+        if self.impl != "auto":
+            raise ValueError(
+                f"impl must be one of auto (or its older names {', '.join(RETIRED_IMPLS)}), got {self.impl!r}"
+            )
 
 
 @dataclass
@@ -217,6 +216,7 @@ class _PixelNet(AutoregressiveModel):
     """Shared stack, head, likelihood and sampler of the three models (see module doc)."""
 
     supports = ("binary", "discrete")
+    levels: int  # K: the model is discrete only (``supports``, checked when it is built)
     # measured on digits (the main job's data): lr 5e-3 with a cosine decay over 50 epochs gives
     # PixelCNN 18.9 test nats where lr 1e-3 for 20 epochs stops at 20.6
     train_defaults = {"lr": 5e-3, "lr_schedule": "cosine", "epochs": 50, "patience": 10}
@@ -341,7 +341,7 @@ class PixelDecoder:
         self.order = model.decoder_order()
         like = torch.zeros((), device=model._device, dtype=model._dtype)
         self.input = ConvCache(model.input_conv, n, h, w, like)
-        blocks = list(model.blocks)
+        blocks = [cast(Residual | PixelCNNBlock, b) for b in model.blocks]  # _make_block's
         self.stack = blocks[0].stack_cache(blocks, n, h, w, like)
         self.out1_w, self.out1_b = linear_of(model.out_conv1)
         w2, b2 = linear_of(model.out_conv2)  # (O, C * P): the logits of channel k together
@@ -398,7 +398,7 @@ class RowLSTM(_PixelNet):
 
     def _make_block(self, f, c):
         cfg = self.config
-        return Residual(RowLSTMLayer(f, cfg.hidden, c, cfg.kernel, cfg.impl), cfg.hidden, f, c)
+        return Residual(RowLSTMLayer(f, cfg.hidden, c, cfg.kernel), cfg.hidden, f, c)
 
 
 @register
@@ -411,14 +411,14 @@ class DiagonalBiLSTM(_PixelNet):
     def _make_block(self, f, c):
         cfg = self.config
         ctx = c if cfg.full_context else 0
-        return Residual(DiagonalBiLSTMLayer(f, cfg.hidden, c, cfg.impl, ctx), cfg.hidden, f, c)
+        return Residual(DiagonalBiLSTMLayer(f, cfg.hidden, c, ctx), cfg.hidden, f, c)
 
 
 @register
 class PixelCNN(_PixelNet):
     """PixelCNN from the same paper: masked k x k convolutions with residual connections.
 
-    ``impl`` has no effect (there is no recurrence); it is accepted for a uniform config.
+    ``impl`` has one value, as for the two recurrent models (there is no recurrence).
     """
 
     name = "pixelcnn"

@@ -11,8 +11,8 @@ Factorization over an ordering ``o`` of the D dimensions, values in [0, 1]:
 NIPS 2013). ``rho`` is one learned scale per dimension (initialized to 1): the paper introduced it
 because a_i grows with i as more inputs are summed. O(DH) per image for the density and for
 sampling, through the same running activation and the same blockwise recomputing autograd
-Function as NADE (:class:`chainrule.models.nade.BlockNADE`); the naive per-dimension loop is kept
-as the oracle.
+Function as NADE (:class:`chainrule.models.nade.BlockNADE`); the tests hold it to the
+per-dimension loop (``tests/oracles/nade.py``).
 
 Support. A Gaussian mixture lives on the whole real line, but this library's real-valued data
 lie in [0, 1]. With ``support="unit"`` (the default) every conditional is the mixture
@@ -51,7 +51,8 @@ from ..distributions import (  # noqa: F401  (re-exported: the truncated mixture
     sample_truncated_mixture,
 )
 from ..orderings import check_ordering_spec
-from .nade import ACTIVATIONS, BlockNADE, _check_int, activate, naive_preoutputs
+from .base import canonical_impl
+from .nade import ACTIVATIONS, BlockNADE, _check_int, activate
 from .ordered import OrderedModel
 from .registry import register
 
@@ -76,13 +77,19 @@ class RNADEConfig:
         },
     )
     impl: str = field(
-        default="auto", metadata={"help": "computation path: auto (= block), naive or block"}
+        default="auto",
+        metadata={
+            "help": "computation path: auto or block, the same (an older naive is read as auto)"
+        },
     )
     block: int = field(default=32, metadata={"help": "steps per block of the block path"})
     init_scale: float = field(
         default=1.0,
         metadata={"help": "multiplies the default initial weight scales (1: unchanged)"},
     )
+
+    def __post_init__(self) -> None:
+        self.impl = canonical_impl(self.impl)  # saved configs: "naive"
 
     def validate(self) -> None:
         check_ordering_spec(self.ordering)
@@ -93,8 +100,8 @@ class RNADEConfig:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.support not in SUPPORTS:
             raise ValueError(f"support must be one of {SUPPORTS}, got {self.support!r}")
-        if self.impl not in ("auto", "naive", "block"):
-            raise ValueError(f"impl must be 'auto', 'naive' or 'block', got {self.impl!r}")
+        if self.impl not in ("auto", "block"):
+            raise ValueError(f"impl must be 'auto' or 'block', got {self.impl!r}")
         if not self.init_scale >= 0:
             raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
 
@@ -126,20 +133,16 @@ class RNADE(OrderedModel):
     def components(self) -> int:
         return self.config.components
 
-    def _ordered_params(self, xo: Tensor, impl: str | None = None) -> Tensor:
+    def _ordered_params(self, xo: Tensor) -> Tensor:
         """``(B, D)`` values in visiting order -> ``(B, D, 3K)`` mixture parameters."""
-        impl = impl or ("naive" if self.config.impl == "naive" else "block")
         w, v, rho = self.weight_in[self.order], self.weight_out[self.order], self.rho[self.order]
         phi, act, c = xo.unsqueeze(-1), self.config.activation, self.bias_hidden
-        if impl == "naive":
-            pre = naive_preoutputs(phi, w, c, v, rho, act)
-        else:
-            pre = BlockNADE.apply(phi, w, c, v, rho, act, self.config.block)
+        pre = BlockNADE.apply(phi, w, c, v, rho, act, self.config.block)
         return pre + self.bias_out[self.order]
 
-    def ordered_log_probs(self, xo: Tensor, impl: str | None = None) -> Tensor:
+    def ordered_log_probs(self, xo: Tensor) -> Tensor:
         """Per-step log densities ``(B, D)`` in visiting order."""
-        return self.head.log_prob(self._ordered_params(xo, impl), xo)
+        return self.head.log_prob(self._ordered_params(xo), xo)
 
     def _conditional_log_probs(self, x: Tensor) -> Tensor:
         return self.from_ordered(self.ordered_log_probs(self.to_ordered(x)))
