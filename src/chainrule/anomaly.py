@@ -402,10 +402,14 @@ def detect(
     x_ood, ood_levels, ood_desc = load_ood(ood_spec, in_data, data_dir=data_dir, seed=seed)
     x_ood = _subset(x_ood, max_images, seed)
     _check_set(x_ood, ood_levels, model, f"OOD set {ood_spec}", ood_binarize_hint(ood_spec))
-    kw = {"compressor": compressor, "batch_size": batch_size, "progress": progress}
-    s_test = anomaly_scores(model, x_test, in_data.levels, **kw)
-    s_valid = anomaly_scores(model, x_valid, in_data.levels, **kw)
-    s_ood = anomaly_scores(model, x_ood, ood_levels, **kw)
+
+    def scores_of(x: Tensor, levels: int) -> dict[str, np.ndarray]:
+        return anomaly_scores(
+            model, x, levels, compressor=compressor, batch_size=batch_size, progress=progress
+        )
+
+    s_test, s_valid = scores_of(x_test, in_data.levels), scores_of(x_valid, in_data.levels)
+    s_ood = scores_of(x_ood, ood_levels)
     det = Detection(in_data.name, ood_desc, compressor, false_alarm_rate)
     return compare_scores(det, s_test, s_valid, s_ood, scores)
 

@@ -301,9 +301,8 @@ def _labels(y) -> dict[str, Tensor | None]:
 
 
 def _make(name, xs, ys, levels, **kw) -> Splits:
-    return Splits(
-        name, *(_tensor(_nchw(np.asarray(a))) for a in xs), levels=levels, labels=_labels(ys), **kw
-    )
+    train, valid, test = (_tensor(_nchw(np.asarray(a))) for a in xs)
+    return Splits(name, train, valid, test, levels=levels, labels=_labels(ys), **kw)
 
 
 # ---------------------------------------------------------------------- the data sets
@@ -319,16 +318,17 @@ def _binarized_mnist(dirs) -> Splits:
     path = _find(dirs, "binarized_mnist.npz")
     if path is not None:
         z = _load_npz(path)
-        xs = (z["train"], z["valid"], z["test"])
+        xs: tuple[np.ndarray, ...] = (z["train"], z["valid"], z["test"])
     else:
         amat = [_find(dirs, f"binarized_mnist_{s}.amat") for s in ("train", "valid", "test")]
-        if any(p is None for p in amat):
+        found = [p for p in amat if p is not None]
+        if len(found) < len(amat):
             raise _missing(
                 "binarized-mnist",
                 dirs,
                 "binarized_mnist.npz or binarized_mnist_{train,valid,test}.amat (Larochelle & Murray 2011)",
             )
-        xs = tuple(np.loadtxt(p, dtype=np.uint8).reshape(-1, 28, 28) for p in amat)
+        xs = tuple(np.loadtxt(p, dtype=np.uint8).reshape(-1, 28, 28) for p in found)
     return _make(
         "binarized-mnist",
         xs,
@@ -471,14 +471,14 @@ def _read_image(f: Path) -> tuple[np.ndarray, str]:
                 f"as 8 or 16 bits"
             )
         return np.round(v * 255.0).astype(np.uint8), "float grey"
-    v = a.astype(np.int64)
-    lo, hi = int(v.min()), int(v.max())
+    iv = a.astype(np.int64)
+    lo, hi = int(iv.min()), int(iv.max())
     if lo < 0 or hi > 65535:
         raise DataError(
             f"image {f} is a 32-bit integer ({mode}) image with values in {lo}..{hi}: only "
             f"0..65535 (16-bit) is read (as v >> 8); save it as 8 or 16 bits"
         )
-    return (v >> 8).astype(np.uint8), "16-bit grey"
+    return (iv >> 8).astype(np.uint8), "16-bit grey"
 
 
 def _folder(path: Path) -> Splits:
@@ -568,9 +568,12 @@ def _apply_form(s: Splits, form: str, seed: int = 0) -> Splits:
         if s.levels == 2:
             return s
         half = s.levels // 2
+        tr, va, te = ((x >= half).to(torch.uint8) for x in (s.train, s.valid, s.test))
         return Splits(
             s.name + ":binarize",
-            *((x >= half).to(torch.uint8) for x in (s.train, s.valid, s.test)),
+            tr,
+            va,
+            te,
             levels=2,
             labels=s.labels,
             binarization="threshold",
@@ -606,10 +609,14 @@ def _apply_form(s: Splits, form: str, seed: int = 0) -> Splits:
             raise DataError(f"bad form {form!r}: use levels=K with an int K") from None
         if not 2 <= k <= s.levels:
             raise DataError(f"levels={k} must lie in 2..{s.levels} for {s.name}")
-        q = [(x.long() * k // s.levels).to(torch.uint8) for x in (s.train, s.valid, s.test)]
+        tr, va, te = (
+            (x.long() * k // s.levels).to(torch.uint8) for x in (s.train, s.valid, s.test)
+        )
         return Splits(
             f"{s.name}:levels={k}",
-            *q,
+            tr,
+            va,
+            te,
             levels=k,
             labels=s.labels,
             notes=f"quantized to {k} levels",

@@ -72,7 +72,9 @@ def save_image(arr: np.ndarray, path: str | Path, min_size: int = 256) -> Path:
     path = Path(path)
     _make_parent(path)
     factor = max(1, int(math.ceil(min_size / max(arr.shape[:2]))))
-    img = Image.fromarray(arr).resize((arr.shape[1] * factor, arr.shape[0] * factor), Image.NEAREST)
+    img = Image.fromarray(arr).resize(
+        (arr.shape[1] * factor, arr.shape[0] * factor), Image.Resampling.NEAREST
+    )
     return outputs.save_pil(img, path)
 
 

@@ -66,7 +66,7 @@ def receptive_field(
     Returns:
         ``(C, H, W)`` float64 tensor, ``>= 0``; zero where the input has no influence.
     """
-    if not model.is_discrete:
+    if model.levels is None:
         raise ValueError("receptive_field needs a discrete model (levels=2 or K)")
     if not getattr(model, "input_differentiable", True):
         raise ValueError(
@@ -141,6 +141,6 @@ def save_receptive_field_png(
     path = Path(path)
     _make_parent(path)
     im = Image.fromarray(img.numpy(), "RGB").resize(
-        (img.shape[1] * scale, h * scale), Image.NEAREST
+        (img.shape[1] * scale, h * scale), Image.Resampling.NEAREST
     )
     return outputs.save_pil(im, path)

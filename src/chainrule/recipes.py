@@ -7,7 +7,7 @@ recipe under ``"recipe"``. The data folder is not part of a recipe (``--data-dir
 ``$CHAINRULE_DATA``).
 
 Each recipe: ``description`` (one line), ``model``, ``data``, ``options`` (fields of the model's
-config), ``train`` (fields of :class:`chainrule.train.TrainConfig`; the model's own training
+config), ``train`` (fields of :class:`chainrule.training.TrainConfig`; the model's own training
 defaults fill the rest), and ``result`` where a run of exactly this recipe was recorded
 (``test_nll_nats`` and where it comes from). A recipe with shipped weights also has an entry in
 ``chainrule/pretrained/index.json`` (see :mod:`chainrule.pretrained`).

@@ -127,11 +127,9 @@ class _Parts:
             self.order[r] = dec.order
 
     def params(self, i: int) -> Tensor:
-        out = None
-        for r, dec in zip(self.rows, self.decoders, strict=True):
-            p = dec.params(i)
-            if out is None:
-                out = p.new_empty(self.order.shape[0], *p.shape[1:])
+        parts = [dec.params(i) for dec in self.decoders]
+        out = parts[0].new_empty(self.order.shape[0], *parts[0].shape[1:])
+        for r, p in zip(self.rows, parts, strict=True):
             out[r] = p
         return out
 
@@ -164,7 +162,8 @@ def _loop(model, n: int, us: list[Tensor], given, mask, generator, make) -> Tens
     head, d = model.head, model.dim
     decoder, checked = _start(model, n, given, mask, generator, make)
     order = decoder.order
-    go = mo = None
+    go: Tensor | None = None  # the given values and the mask, in step order
+    mo: Tensor | None = None
     if given is not None:
         if not (checked or model.supports_completion_any_mask):
             warn_if_not_prefix(mask.flatten(1), order)
@@ -176,7 +175,7 @@ def _loop(model, n: int, us: list[Tensor], given, mask, generator, make) -> Tens
     sample_all = getattr(decoder, "sample_all", None)
     if sample_all is not None:
         xo = sample_all(*us)
-        if go is not None:
+        if go is not None and mo is not None:
             xo = torch.where(mo, go, xo)
     else:
         every = mo.all(0).tolist() if mo is not None else [False] * d  # one host sync
@@ -186,7 +185,7 @@ def _loop(model, n: int, us: list[Tensor], given, mask, generator, make) -> Tens
         draw = getattr(head, "draw", head.sample)
         values = []
         for i in range(d):
-            if every[i]:
+            if go is not None and every[i]:
                 value = go[:, i]
             else:
                 params = decoder.params(i)
@@ -195,7 +194,7 @@ def _loop(model, n: int, us: list[Tensor], given, mask, generator, make) -> Tens
                     if len(rows) == 1
                     else draw(params, *(r[i] for r in rows))
                 )
-                if go is not None:
+                if go is not None and mo is not None:
                     value = torch.where(mo[:, i], go[:, i], value)
             decoder.tell(i, value)
             values.append(value)

@@ -6,9 +6,8 @@ schedules, hooks); this module only re-exports its public names.
 
 from __future__ import annotations
 
-from . import training as _training
 from .evaluate import bits_per_dim
+from .training import *  # noqa: F403  (the public names, by chainrule.training.__all__)
+from .training import __all__ as _training_names
 
-globals().update({name: getattr(_training, name) for name in _training.__all__})
-
-__all__ = [*_training.__all__, "bits_per_dim"]
+__all__ = [*_training_names, "bits_per_dim"]

@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from chainrule import outputs
 from chainrule.outputs import OutputError, check_output
@@ -31,7 +32,7 @@ class UserError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line (not the usage block) and exit status 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -138,7 +139,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
         raise UserError(f"--shape must look like CxHxW (e.g. 1x28x28), got {text!r}") from None
     if len(parts) != 3 or min(parts) < 1:
         raise UserError(f"--shape must be three positive ints CxHxW (e.g. 1x28x28), got {text!r}")
-    return parts  # type: ignore[return-value]
+    return parts
 
 
 def parse_value(text: str) -> Any:
@@ -190,7 +191,7 @@ def csv_text(rows: list[list]) -> str:
     return buf.getvalue()
 
 
-def list_files(files: list[Path | str]) -> None:
+def list_files(files: Sequence[Path | str]) -> None:
     """Every command ends by listing what it wrote."""
     if not files:
         print("files written: none")
@@ -223,7 +224,7 @@ def load_checkpoint(path: str):
 
 def model_on(args: argparse.Namespace):
     """The checkpoint's model, in eval mode, on --device."""
-    from chainrule.train import resolve_device
+    from chainrule.training import resolve_device
 
     model = load_checkpoint(args.checkpoint)
     return model.to(resolve_device(getattr(args, "device", None) or "auto")).eval()

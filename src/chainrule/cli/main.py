@@ -74,7 +74,7 @@ def _one_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     import threading
 
-    from chainrule.train import TrainingError
+    from chainrule.training import TrainingError
 
     parser = build_parser()
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]

@@ -3,7 +3,7 @@
 * model flags: one per field of any model's ``Config`` (``model_class(name).Config``), typed by
   the field's annotation, its help from ``field.metadata["help"]`` (else a short fallback), its
   default per model shown in the help; ``--option KEY=VALUE`` reaches any field as well.
-* training flags: one per field of :class:`chainrule.train.TrainConfig` (except the few the CLI
+* training flags: one per field of :class:`chainrule.training.TrainConfig` (except the few the CLI
   does not expose), typed and bounded by the field, help from its metadata, default from the
   dataclass (or "the model's" where a model has its own training default).
 """
@@ -82,8 +82,8 @@ def model_fields() -> dict[str, dict[str, Any]]:
                 d["helps"][name] = f.metadata["help"]
             if f.default is not dataclasses.MISSING:
                 d["defaults"][name] = f.default
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                d["defaults"][name] = f.default_factory()  # type: ignore[misc]
+            elif f.default_factory is not dataclasses.MISSING:
+                d["defaults"][name] = f.default_factory()
     for d in out.values():  # models that word a field apart are each shown with their words
         groups: dict[str, list[str]] = {}
         for model, text in d["helps"].items():
@@ -227,7 +227,7 @@ def _train_choices(field: dataclasses.Field) -> list[str] | None:
 
 def train_flags() -> list[TrainFlag]:
     """The training flags, in TrainConfig's field order."""
-    from chainrule.train import TrainConfig
+    from chainrule.training import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     out = []
@@ -250,7 +250,7 @@ def _models_with_own_default(field: str) -> bool:
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     """One flag per exposed TrainConfig field; every default None (given or not is known)."""
-    from chainrule.train import TrainConfig
+    from chainrule.training import TrainConfig
 
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     meta = {name: f.metadata for name, f in fields.items()}

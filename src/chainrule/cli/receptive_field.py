@@ -52,14 +52,15 @@ def cmd_receptive_field(args) -> int:
         raise UserError(f"--samples must be a positive int, got {args.samples}")
     if args.scale < 1:
         raise UserError(f"--scale must be a positive int (PNG pixels per pixel), got {args.scale}")
-    pixel = None
+    pixel: tuple[int, int] | None = None
     if args.pixel is not None:
         try:
-            pixel = tuple(int(v) for v in args.pixel.split(","))
+            parts = tuple(int(v) for v in args.pixel.split(","))
         except ValueError:
             raise UserError(f"--pixel must be ROW,COL (e.g. 7,4), got {args.pixel!r}") from None
-        if len(pixel) != 2:
+        if len(parts) != 2:
             raise UserError(f"--pixel must be ROW,COL (e.g. 7,4), got {args.pixel!r}")
+        pixel = parts
     if args.out is not None:
         check_output(args.out, what="PNG")
     if args.checkpoint is not None:

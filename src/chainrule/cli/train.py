@@ -54,7 +54,7 @@ SIGNAL: dict[str, int] = {}
 def train_defaults(name: str) -> dict[str, Any]:
     """TrainConfig's defaults with the model's own training defaults on top."""
     from chainrule.models import model_class
-    from chainrule.train import TrainConfig
+    from chainrule.training import TrainConfig
 
     return {**dataclasses.asdict(TrainConfig()), **getattr(model_class(name), "train_defaults", {})}
 
@@ -62,7 +62,7 @@ def train_defaults(name: str) -> dict[str, Any]:
 def _resume_settings(args: argparse.Namespace, run: Path):
     """What a --resume continues: the saved settings, the flags that may change applied (and
     printed), every flag that would change the run refused in one line naming it."""
-    from chainrule.train import read_counters, read_run_config
+    from chainrule.training import read_counters, read_run_config
 
     rc = read_run_config(run)  # one-line TrainingError for a missing, corrupt or foreign config
     saved, name, options, data = rc.raw, rc.model, rc.options, rc.data
@@ -98,7 +98,7 @@ def _resume_settings(args: argparse.Namespace, run: Path):
                 f"{option_flag(args, key)} cannot change on --resume: {run} has {key} = {old}"
             )
     # flags that may change
-    changes = []
+    changes: list[tuple[str, Any, Any]] = []  # (what, before, now)
     counters = read_counters(run) or {}
     done = int(counters.get("epoch", 0))
     if args.epochs is not None:
@@ -120,7 +120,7 @@ def _resume_settings(args: argparse.Namespace, run: Path):
     if args.time_budget is not None:
         changes.append(("time budget", "", f"{args.time_budget:g} more minutes"))
     # a finished run: something must let it go on
-    stopped = counters.get("stop_reason")
+    stopped = str(counters.get("stop_reason") or "")  # "" when it never stopped
     if (run / "result.json").exists() and not train_cfg.closed_form:
         why = {
             "early stopping": f"it stopped early at epoch {done}",
@@ -192,7 +192,7 @@ def _apply_recipe(args: argparse.Namespace) -> tuple[str, str, dict, dict, dict]
 
 def cmd_train(args: argparse.Namespace) -> int:
     from chainrule.models import model_class
-    from chainrule.train import TrainConfig, preflight_run_folder
+    from chainrule.training import TrainConfig, preflight_run_folder
 
     resume = args.resume is not None
     recipe_record = None
@@ -241,7 +241,7 @@ def _train_in(args, run, resume, name, options, data, data_dir, levels, train_cf
     import chainrule
     from chainrule.data import load_dataset
     from chainrule.models import model_class
-    from chainrule.train import TrainingInterrupted, describe_result, train
+    from chainrule.training import TrainingInterrupted, describe_result, train
 
     splits = load_dataset(data, data_dir=data_dir)
     if train_cfg.max_train and train_cfg.max_train > len(splits.train):
@@ -313,7 +313,7 @@ def _train_epilog() -> str:
     import chainrule
     from chainrule.models import model_class
     from chainrule.models.pixelrnn import PRESETS
-    from chainrule.train import TrainConfig
+    from chainrule.training import TrainConfig
 
     base = dataclasses.asdict(TrainConfig())
     shown = ("epochs", "batch_size", "lr", "lr_schedule", "patience")

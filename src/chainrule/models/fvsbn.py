@@ -46,6 +46,7 @@ class FVSBN(OrderedModel):
     name = "fvsbn"
     Config = FVSBNConfig
     supports = ("binary", "discrete")
+    levels: int  # K: the model is discrete only (``supports``, checked when it is built)
     train_defaults = {"lr": 1e-2, "epochs": 40}
 
     mask: Tensor

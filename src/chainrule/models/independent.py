@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import AutoregressiveModel
 from .ordered import OrderedModel
 from .registry import register
 
@@ -91,7 +92,7 @@ def chunk_images(dim: int, chunk_size: int | None = None) -> int:
     return chunk_size
 
 
-def fit_chunks(model: nn.Module, x, chunk_size: int | None = None) -> Iterator[Tensor]:
+def fit_chunks(model: AutoregressiveModel, x, chunk_size: int | None = None) -> Iterator[Tensor]:
     """The images ``x`` as validated chunks (``model.check_images`` of at most ``chunk_size``
     images each; see :func:`chunk_images`), so that a fit never converts the whole set at once.
 
@@ -135,6 +136,7 @@ class Independent(OrderedModel):
     name = "independent"
     Config = IndependentConfig
     supports = ("binary", "discrete")
+    levels: int  # K: the model is discrete only (``supports``, checked when it is built)
     supports_completion_any_mask = True  # every dimension is independent of the others
 
     def __init__(self, event_shape, levels, config: IndependentConfig):

@@ -71,6 +71,8 @@ class Markov(OrderedModel):
     name = "markov"
     Config = MarkovConfig
     supports = ("binary", "discrete")
+    levels: int  # K: the model is discrete only (``supports``, checked when it is built)
+    powers: Tensor  # K^j, the weight of the j-th previous value in the context index
     input_differentiable = False
 
     def __init__(self, event_shape, levels, config: MarkovConfig):

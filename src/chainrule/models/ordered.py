@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import sampling
 from ..distributions import head_for
 from ..orderings import inverse, resolve_ordering
 from .base import AutoregressiveModel
@@ -83,7 +84,7 @@ class OrderedModel(AutoregressiveModel):
     def decoder_order(self, part: int = 0) -> Tensor:
         return self.order
 
-    def decoder(self, n: int, part: int = 0) -> PrefixDecoder:
+    def decoder(self, n: int, part: int = 0) -> sampling.Decoder:
         return PrefixDecoder(self, n)
 
     def teacher_params(self, xo: Tensor, part: int = 0) -> Tensor:

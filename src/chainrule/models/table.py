@@ -55,6 +55,7 @@ class Table(OrderedModel):
     name = "table"
     Config = TableConfig
     supports = ("binary", "discrete")
+    levels: int  # K: the model is discrete only (``supports``, checked when it is built)
     input_differentiable = False
 
     def __init__(self, event_shape, levels, config: TableConfig):

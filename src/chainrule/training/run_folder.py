@@ -246,7 +246,7 @@ def _first_reason(e: BaseException) -> str:
     return lines[0]
 
 
-def read_counters(run: Path) -> dict | None:
+def read_counters(run: Path) -> dict[str, Any] | None:
     """The counters of ``run``'s training state (epoch, step, seconds, best epoch, why it
     stopped, ...) read from the state file's header alone; None when there is no state."""
     path = Path(run) / "state.safetensors"
@@ -406,7 +406,7 @@ class RunFolder:
     def load_state(self, model, opt) -> tuple[dict, torch.Tensor | None]:
         return load_state(self.path, model, opt)
 
-    def read_counters(self) -> dict | None:
+    def read_counters(self) -> dict[str, Any] | None:
         return read_counters(self.path)
 
     def save_model(self, model) -> None:

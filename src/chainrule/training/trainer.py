@@ -412,7 +412,11 @@ class Trainer:
         if not self.resume and cfg.hooks():
             run_start_hooks(cfg.hooks(), model, self.train_x.to(device))
         self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        order = self._load() if self.resume else self._begin()
+        if self.resume:
+            order = self._load()
+        else:
+            self._begin()
+            order = None
         if d.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -465,7 +469,6 @@ class Trainer:
                 if v.is_floating_point()
             ):
                 self.checkpoint(seconds=0.0)
-        return None
 
     def _load(self) -> torch.Tensor | None:
         """A resume: model, optimizer, counters, metrics and best weights from the run folder;
@@ -505,6 +508,16 @@ class Trainer:
         )
         return order
 
+    def _budget_text(self) -> str:
+        """The time budget, for the message when it ran out (so there is one)."""
+        assert self.budget is not None
+        return f"time budget of {self.budget / 60:g} min"
+
+    def _adam(self) -> torch.optim.Optimizer:
+        """The optimizer of an Adam run (made by :meth:`_fit_adam`)."""
+        assert self.opt is not None
+        return self.opt
+
     def over_budget(self) -> bool:
         """This process's clock has passed the time budget."""
         return self.budget is not None and time.perf_counter() - self.start > self.budget
@@ -521,7 +534,7 @@ class Trainer:
             return True
         if distributed.broadcast_flag(self.dist, self.over_budget(), self.device):
             self.stop_reason = "time budget"
-            self.say(f"time budget of {self.budget / 60:g} min reached after {epoch} epochs")
+            self.say(f"{self._budget_text()} reached after {epoch} epochs")
             return True
         return False
 
@@ -572,7 +585,7 @@ class Trainer:
             )
         show = cfg.progress and d.is_main
         steps = range(first, n_batches)
-        bar = (
+        bar: Any = (  # a tqdm bar (untyped), or the steps themselves
             progress(steps, desc=f"epoch {epoch + 1}", initial=first, total=n_batches)
             if show
             else steps
@@ -656,14 +669,15 @@ class Trainer:
         lr_now = schedules.step_lr(
             cfg.lr_schedule, cfg.lr, time.perf_counter() - self.start, self.budget
         )
+        opt = self._adam()
         if lr_now is not None:
-            for group in self.opt.param_groups:
+            for group in opt.param_groups:
                 group["lr"] = lr_now
-        self.opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         (nll_sum.float() * weight if cfg.bf16 else nll_sum * weight).backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        self.opt.step()
+        opt.step()
         return s, bool(sig), bool(late)
 
     def end_epoch(self, epoch: int, out: EpochOutcome) -> str | None:
@@ -678,10 +692,11 @@ class Trainer:
             over = distributed.broadcast_flag(d, self.over_budget(), self.device)
             validating = over or (epoch + 1) % cfg.valid_every == 0
         valid = self.evaluate(self.splits.valid) if validating else None
-        improved = valid is not None and valid["nll_nats"] < c["best_valid"]
+        nll = valid["nll_nats"] if valid is not None else None
+        improved = nll is not None and nll < c["best_valid"]
         at = round(epoch + out.done / out.n_batches, 3) if partial else epoch + 1
         if improved:
-            c.update(best_valid=valid["nll_nats"], best_epoch=at)
+            c.update(best_valid=nll, best_epoch=at)
         if partial:
             self.epochs_done = at
         else:
@@ -693,7 +708,7 @@ class Trainer:
             "train_nll": train_nll,
             "valid_nll": valid["nll_nats"] if valid else None,
             "valid_bits_per_dim": valid["bits_per_dim"] if valid else None,
-            "lr": self.opt.param_groups[0]["lr"],
+            "lr": self._adam().param_groups[0]["lr"],
             "seconds": time.perf_counter() - self.start,
             **({"partial": True} if partial else {}),
         }
@@ -735,7 +750,7 @@ class Trainer:
             self.stop_reason = ending
             if ending == "time budget":
                 where = f"within epoch {epoch + 1}" if partial else f"after {epoch + 1} epochs"
-                self.say(f"time budget of {self.budget / 60:g} min reached {where}")
+                self.say(f"{self._budget_text()} reached {where}")
             elif ending == "early stopping":
                 self.say(
                     f"early stopping: no better valid NLL in {cfg.patience} epochs; "
