@@ -270,3 +270,30 @@ def test_ensemble_completion_draws_each_member_from_its_posterior():
     assert 0.5 * (cond.mean(0) - p).abs().sum().item() > 3 * threshold  # the test has power
     s = model.sample(n, given=given, mask=mask, generator=torch.Generator().manual_seed(0))
     assert 0.5 * (empirical(s, 2) - p).abs().sum().item() < threshold
+
+
+@pytest.mark.parametrize("name", ["nade", "pixelcnn", "made"])
+def test_visible_log_prob_is_the_marginal(name):
+    """``evaluate.visible_log_prob``: the exact marginal of the visible pixels, by enumeration;
+    for a fixed-ordering model only where they come first (else a clear refusal)."""
+    from chainrule.completion import occlusion_mask
+    from chainrule.evaluate import check_visible_mask, visible_log_prob
+
+    model = tiny(name, (1, 2, 3), 2)
+    states = all_states((1, 2, 3), 2)
+    mask = occlusion_mask("bottom-half", (1, 2, 3))  # the top row visible: a raster prefix
+    check_visible_mask(model, mask)
+    got = visible_log_prob(model, states, mask)
+    joint = model.log_prob(states)
+    seen = states.flatten(1)[:, mask.flatten()]
+    for values in torch.unique(seen, dim=0):
+        same = (seen == values).all(1)
+        torch.testing.assert_close(
+            got[same], torch.logsumexp(joint[same], 0).expand(int(same.sum())), rtol=0, atol=1e-10
+        )
+    right = occlusion_mask("right-half", (1, 2, 3))
+    if name == "made":
+        check_visible_mask(model, right)  # any mask
+    else:
+        with pytest.raises(ValueError, match="order-agnostic"):
+            check_visible_mask(model, right)

@@ -10,6 +10,8 @@ says so with ``dequantized=True``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -66,26 +68,85 @@ def per_image_nll(
     model: AutoregressiveModel,
     x: Tensor,
     data_levels: int,
+    mask: Tensor | None = None,
+    **kw: Any,
+) -> Tensor:
+    """-log p(x) in nats for every image, ``(N,)`` float64 (discrete-equivalent for real models).
+
+    With ``mask`` (``(C, H, W)`` boolean, True = visible): -log p(x_visible), the exact marginal
+    of the visible dimensions (:func:`visible_log_prob`).
+
+    ``kw``: ``batch_size``, ``seed``, ``progress``, ``desc`` (default "NLL") of
+    :func:`map_images`."""
+    kw.setdefault("desc", "NLL")
+    if mask is not None:
+        check_visible_mask(model, mask)
+        out = map_images(
+            model,
+            x,
+            data_levels,
+            lambda xm: -visible_log_prob(model, xm, mask).double().cpu(),
+            **kw,
+        )
+        return torch.cat(out) + nll_offset(model, data_levels) * float(mask.sum()) / model.dim
+    out = map_images(model, x, data_levels, lambda xm: -model.log_prob(xm).double().cpu(), **kw)
+    return torch.cat(out) + nll_offset(model, data_levels)
+
+
+def check_visible_mask(model: AutoregressiveModel, mask: Tensor) -> None:
+    """Refuse (ValueError, one line) a mask whose marginal the model cannot give exactly: any
+    mask for an order-agnostic model; for the others, only a prefix of their ordering (the top
+    rows in raster order), whose marginal is the sum of its conditionals."""
+    from .completion import is_exact_for
+
+    if tuple(mask.shape) != tuple(model.event_shape) or mask.dtype != torch.bool:
+        raise ValueError(f"the mask must be {model.event_shape} booleans, got {tuple(mask.shape)}")
+    if not mask.any():
+        raise ValueError("the mask hides every pixel: there is nothing to score")
+    if not is_exact_for(model, mask):
+        raise ValueError(
+            f"{model.name!r} gives the exact likelihood of the visible pixels only when they come "
+            "first in its ordering (e.g. --mask bottom-half in raster order); for any other mask "
+            "use an order-agnostic model (made, deep-nade)"
+        )
+
+
+def visible_log_prob(model: AutoregressiveModel, x: Tensor, mask: Tensor) -> Tensor:
+    """log p(x_visible) in nats ``(B,)`` of the dimensions where ``mask`` ``(C, H, W)`` is True,
+    summed over every value of the hidden ones: the order-agnostic models' ``log_prob_observed``,
+    or, for a mask that is a prefix of the model's ordering, the sum of the visible
+    dimensions' conditionals (which do not depend on the hidden ones)."""
+    observed = getattr(model, "log_prob_observed", None)
+    if observed is not None:
+        return observed(x, mask)
+    mask = mask.to(x.device)
+    return torch.where(mask, model.conditional_log_probs(x), 0.0).flatten(1).sum(1)
+
+
+def map_images(
+    model: AutoregressiveModel,
+    x: Tensor,
+    data_levels: int,
+    fn: Callable[[Tensor], Any],
     *,
     batch_size: int = 256,
     seed: int = 0,
     progress: bool = False,
-    desc: str = "NLL",
-) -> Tensor:
-    """-log p(x) in nats for every image, ``(N,)`` float64 (discrete-equivalent for real models).
-
-    ``progress=True`` shows a bar (``desc``) on a terminal only, never under ``--quiet``
-    (:func:`chainrule.outputs.progress`); ``False`` shows nothing."""
+    desc: str = "",
+) -> list:
+    """``fn`` of each batch of the images ``x`` (``data_levels`` levels) as the model takes
+    them (:func:`to_model_input`; real-valued models: dequantized by a generator seeded by
+    ``seed``), in eval mode (:func:`in_batches`). ``progress=True`` shows a bar (``desc``) on a
+    terminal only, never under ``--quiet`` (:func:`chainrule.outputs.progress`)."""
     g = torch.Generator().manual_seed(seed)
-    out = in_batches(
+    return in_batches(
         model,
         x,
-        lambda xb: -model.log_prob(to_model_input(model, xb, data_levels, g)).double().cpu(),
+        lambda xb: fn(to_model_input(model, xb, data_levels, g)),
         batch_size=batch_size,
         progress=progress,
         desc=desc,
     )
-    return torch.cat(out) + nll_offset(model, data_levels)
 
 
 def in_batches(
