@@ -32,7 +32,7 @@ from torch import Tensor
 
 from . import outputs
 from .data import Splits
-from .evaluate import check_compatible, in_batches, to_model_input
+from .evaluate import check_compatible, map_images
 from .models.base import AutoregressiveModel
 
 #: inverse regularization strengths tried on the valid split
@@ -42,33 +42,21 @@ SPLITS = ("train", "valid", "test")
 
 @torch.no_grad()
 def extract_features(
-    model: AutoregressiveModel,
-    x: Tensor,
-    data_levels: int,
-    *,
-    batch_size: int = 256,
-    seed: int = 0,
-    progress: bool = False,
-    desc: str = "features",
+    model: AutoregressiveModel, x: Tensor, data_levels: int, **kw: Any
 ) -> np.ndarray:
     """``model.features`` of every image, ``(N, F)`` float32 (in eval mode, batched).
 
     Args:
         x: ``(N, C, H, W)`` uint8 images with ``data_levels`` levels.
-        progress: a bar (``desc``) on a terminal only (:func:`chainrule.outputs.progress`);
-            False: nothing.
+        kw: ``batch_size``, ``seed``, ``progress``, ``desc`` (default "features") of
+            :func:`chainrule.evaluate.map_images`.
     """
     if len(x) == 0:
         raise ValueError("cannot extract features of an empty set (0 images)")
     check_compatible(model, tuple(x.shape[1:]), data_levels)
-    g = torch.Generator().manual_seed(seed)
-    out = in_batches(
-        model,
-        x,
-        lambda xb: model.features(to_model_input(model, xb, data_levels, g)).float().cpu().numpy(),
-        batch_size=batch_size,
-        progress=progress,
-        desc=desc,
+    kw.setdefault("desc", "features")
+    out = map_images(
+        model, x, data_levels, lambda xm: model.features(xm).float().cpu().numpy(), **kw
     )
     return np.concatenate(out)
 

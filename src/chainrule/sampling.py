@@ -259,16 +259,11 @@ def sample(
 
 
 @torch.no_grad()
-def naive_sample(
-    model,
-    n: int,
-    given: Tensor | None = None,
-    mask: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
+def naive_sample(model, n: int, given=None, mask=None, generator=None) -> Tensor:
     """The oracle: the same draws as :func:`sample`, each step's parameters from one full
     teacher-forced pass (``model.teacher_params``) over the values drawn so far. O(D) passes;
-    for tests and tiny images. ``given`` / ``mask`` as for :func:`sample` (checked)."""
+    for tests and tiny images. ``given`` / ``mask`` (checked) and ``generator`` as for
+    :func:`sample`."""
     us = _uniforms(model, n, generator)
 
     def make(m: int, part: int) -> NaiveDecoder:

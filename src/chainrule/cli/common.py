@@ -5,9 +5,10 @@ checkpoint and data a command works on, and where its default outputs go."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -70,6 +71,20 @@ positive_int = _number(int, 0, "a positive int")
 nonneg_int = _number(int, 0, "an int >= 0", strict=False)
 positive_float = _number(float, 0.0, "a positive number")
 nonneg_float = _number(float, 0.0, "a number >= 0", strict=False)
+
+
+def add_command(
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int], **kw: Any
+) -> argparse.ArgumentParser:
+    """The subcommand ``name``, run by ``func``. Its ``help`` (the line in ``chainrule
+    --help``) and ``description`` are the first line and the rest of ``func``'s docstring,
+    unless ``kw`` gives them (with ``epilog``)."""
+    head, _, rest = inspect.cleandoc(func.__doc__ or "").partition("\n\n")
+    kw.setdefault("help", " ".join(head.split()))
+    kw.setdefault("description", " ".join(rest.split()) or None)
+    p = sub.add_parser(name, formatter_class=_Help, **kw)
+    p.set_defaults(func=func)
+    return p
 
 
 def add_common(
@@ -260,6 +275,20 @@ def run_data(checkpoint: str, data: str | None, data_dir: str | None) -> tuple[s
         except (KeyError, TypeError):
             pass
     raise UserError(f"--data is needed: {checkpoint} does not record the data it was trained on")
+
+
+def load_split(model: Any, data: str, data_dir: str | None, split: str) -> tuple[Any, Any]:
+    """``(images, splits)``: split ``split`` of data set ``data``, checked against the model's
+    shape and levels, and refused when it is empty."""
+    from chainrule.data import load_dataset
+    from chainrule.evaluate import check_compatible
+
+    splits = load_dataset(data, data_dir=data_dir)
+    check_compatible(model, splits.event_shape, splits.levels, data)
+    x = splits.split(split)
+    if len(x) == 0:
+        raise UserError(f"{data} {split} is an empty set (0 images)")
+    return x, splits
 
 
 def output_file(args: argparse.Namespace, default_name: str, *, what: str) -> Path:

@@ -14,11 +14,12 @@ from .common import (
     RUN_DATA_HELP,
     SAMPLE_BATCH,
     UserError,
-    _Help,
+    add_command,
     add_common,
     default_out,
     flag,
     load_checkpoint,
+    load_split,
     nonneg_int,
     parse_shape,
     positive_int,
@@ -29,18 +30,18 @@ from .options import add_model_flags, model_options
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from chainrule.data import load_dataset
-    from chainrule.evaluate import check_compatible, summarize
+    """NLL (nats) and bits/dim of a checkpoint on a data split
+
+    Exact test NLL of a checkpoint: nats per image (with its standard error) and bits per
+    dimension.
+    """
+    from chainrule.evaluate import summarize
 
     if args.json:
         check_output(args.json, what="--json")
     model = load_checkpoint(args.checkpoint)
     data, data_dir = run_data(args.checkpoint, args.data, args.data_dir)
-    splits = load_dataset(data, data_dir=data_dir)
-    check_compatible(model, splits.event_shape, splits.levels, data)
-    x = splits.split(args.split)
-    if len(x) == 0:
-        raise UserError(f"{data} {args.split} is an empty set (0 images)")
+    x, splits = load_split(model, data, data_dir, args.split)
     s = summarize(model, x, splits.levels, batch_size=args.batch_size, progress=True)
     deq = " (discrete-equivalent: dequantized, + D ln K)" if s["dequantized"] else ""
     print(
@@ -112,14 +113,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    """Complete occluded test images: a grid of originals, occluded inputs, completions."""
+    """complete occluded images into a PNG grid (originals, occluded inputs, completions)
+
+    Hide part of some images and let the model draw the hidden part: exact draws from p(hidden
+    | visible) when the visible part is a prefix of the model's ordering.
+    """
     import warnings
 
     import torch
 
     from chainrule.completion import complete, completion_grid, occlusion_mask
-    from chainrule.data import load_dataset
-    from chainrule.evaluate import check_compatible, to_model_input
+    from chainrule.evaluate import to_model_input
     from chainrule.outputs import random_subset
 
     out = (
@@ -131,11 +135,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.checkpoint)
     mask = occlusion_mask(args.occlude, model.event_shape)
     data, data_dir = run_data(args.checkpoint, args.data, args.data_dir)
-    splits = load_dataset(data, data_dir=data_dir)
-    check_compatible(model, splits.event_shape, splits.levels, data)
-    x_all = splits.split(args.split)
-    if len(x_all) == 0:
-        raise UserError(f"{data} {args.split} is an empty set (0 images)")
+    x_all, splits = load_split(model, data, data_dir, args.split)
     idx = random_subset(len(x_all), args.n, seed=args.seed)
     x = x_all[idx]
     g = torch.Generator().manual_seed(args.seed)
@@ -167,6 +167,11 @@ def _power_form(count: int, levels: int | None) -> str:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
+    """exact parameter counts of every model for an image shape
+
+    Exact parameter counts (Python ints, printed in full: 2^784 - 1 has 237 digits) of every
+    model, or of one model with its options.
+    """
     import chainrule
     from chainrule.models import model_class
 
@@ -220,24 +225,18 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    e = sub.add_parser(
-        "eval",
-        help="NLL (nats) and bits/dim of a checkpoint on a data split",
-        description="Exact test NLL of a checkpoint: nats per image (with its standard error) "
-        "and bits per dimension.",
-        formatter_class=_Help,
-    )
+    e = add_command(sub, "eval", cmd_eval)
     add_common(e, checkpoint="required", data=RUN_DATA_HELP, batch_size=256, data_dir=True)
     e.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split")
     e.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    e.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser(
+    s = add_command(
+        sub,
         "sample",
+        cmd_sample,
         help="draw images from a checkpoint into a PNG grid",
         description=f"Draw new images (ancestral sampling, {SAMPLE_BATCH} at a time) into a PNG "
         f"grid of at most {MAX_GRID}, and optionally all of them into an .npz.",
-        formatter_class=_Help,
     )
     add_common(s, checkpoint="required")
     s.add_argument("--n", type=positive_int, default=64, help="number of images")
@@ -249,15 +248,8 @@ def add_parsers(sub) -> None:
     )
     s.add_argument("--npz", default=None, help="also save the raw samples to this .npz")
     s.add_argument("--seed", type=nonneg_int, default=0, help="seed of the draw")
-    s.set_defaults(func=cmd_sample)
 
-    cp = sub.add_parser(
-        "complete",
-        help="complete occluded images into a PNG grid (originals, occluded inputs, completions)",
-        description="Hide part of some images and let the model draw the hidden part: exact "
-        "draws from p(hidden | visible) when the visible part is a prefix of the model's ordering.",
-        formatter_class=_Help,
-    )
+    cp = add_command(sub, "complete", cmd_complete)
     add_common(cp, checkpoint="required", data=RUN_DATA_HELP, data_dir=True)
     cp.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split")
     cp.add_argument(
@@ -275,15 +267,8 @@ def add_parsers(sub) -> None:
         "--out", default=None, help="PNG file (default: RUN_DIR/completions-OCCLUDE-seedS.png)"
     )
     cp.add_argument("--seed", type=nonneg_int, default=0, help="seed of the images and the draws")
-    cp.set_defaults(func=cmd_complete)
 
-    q = sub.add_parser(
-        "params",
-        help="exact parameter counts of every model for an image shape",
-        description="Exact parameter counts (Python ints, printed in full: 2^784 - 1 has 237 "
-        "digits) of every model, or of one model with its options.",
-        formatter_class=_Help,
-    )
+    q = add_command(sub, "params", cmd_params)
     q.add_argument("--shape", default="1x28x28", help="CxHxW")
     q.add_argument(
         "--levels", type=int, default=2, help="levels per dimension (2 binary, 256 8-bit; 0: real)"
@@ -291,4 +276,3 @@ def add_parsers(sub) -> None:
     q.add_argument("--model", default=None, help="only this model (then model options apply)")
     add_model_flags(q)
     add_common(q)
-    q.set_defaults(func=cmd_params)

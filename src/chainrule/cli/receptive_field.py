@@ -6,19 +6,12 @@ from __future__ import annotations
 from chainrule import receptive_field as rf
 from chainrule.outputs import check_output
 
-from .common import UserError, _Help, add_common, parse_shape
+from .common import UserError, add_command, add_common, parse_shape
 from .options import add_model_flags, model_options
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "receptive-field",
-        help="PNG of which earlier pixels influence one pixel (gradients through the model)",
-        description="Draw the receptive field of one dimension: grey = influences it (log "
-        "scale), black = earlier but outside the context, red = the dimension, blue = later. "
-        "From a trained checkpoint, or from a freshly built model with random weights.",
-        formatter_class=_Help,
-    )
+    p = add_command(sub, "receptive-field", cmd_receptive_field)
     p.add_argument(
         "--model", default=None, help="model to build (e.g. row-lstm, diagonal-bilstm, pixelcnn)"
     )
@@ -37,10 +30,15 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="PNG file (default receptive-field-MODEL.png)")
     add_model_flags(p)
     add_common(p)  # --quiet
-    p.set_defaults(func=cmd_receptive_field)
 
 
 def cmd_receptive_field(args) -> int:
+    """PNG of which earlier pixels influence one pixel (gradients through the model)
+
+    Draw the receptive field of one dimension: grey = influences it (log scale), black =
+    earlier but outside the context, red = the dimension, blue = later. From a trained
+    checkpoint, or from a freshly built model with random weights.
+    """
     import torch
 
     import chainrule

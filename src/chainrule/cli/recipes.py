@@ -6,10 +6,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import _Help, add_common
+from .common import add_command, add_common
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
+    """named training recipes: settings, recorded test NLL, shipped weights
+
+    Named training recipes (chainrule.recipes): for each, a one-line description, the full
+    `chainrule train` command it stands for, the test NLL it reached where one was recorded,
+    and whether its weights are shipped (pretrained:NAME). Run one with `chainrule train
+    --recipe NAME`.
+    """
     from chainrule import pretrained, recipes
 
     shipped = {e.get("recipe"): key for key, e in pretrained.index().items()}
@@ -43,6 +50,11 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrained(args: argparse.Namespace) -> int:
+    """the pretrained weights shipped in the package (--checkpoint pretrained:NAME)
+
+    The weights shipped in the package, each made by a recipe: name, model, data, test NLL,
+    size. Any command takes --checkpoint pretrained:NAME.
+    """
     from chainrule import pretrained
 
     print(pretrained.describe())
@@ -53,26 +65,10 @@ def cmd_pretrained(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    r = sub.add_parser(
-        "recipes",
-        help="named training recipes: settings, recorded test NLL, shipped weights",
-        description="Named training recipes (chainrule.recipes): for each, a one-line "
-        "description, the full `chainrule train` command it stands for, the test NLL it reached "
-        "where one was recorded, and whether its weights are shipped (pretrained:NAME). "
-        "Run one with `chainrule train --recipe NAME`.",
-        formatter_class=_Help,
-    )
+    r = add_command(sub, "recipes", cmd_recipes)
     r.add_argument("name", nargs="?", default=None, help="show only this recipe")
     r.add_argument("--json", action="store_true", help="print the recipes as JSON")
     add_common(r)
-    r.set_defaults(func=cmd_recipes)
 
-    p = sub.add_parser(
-        "pretrained",
-        help="the pretrained weights shipped in the package (--checkpoint pretrained:NAME)",
-        description="The weights shipped in the package, each made by a recipe: name, model, "
-        "data, test NLL, size. Any command takes --checkpoint pretrained:NAME.",
-        formatter_class=_Help,
-    )
+    p = add_command(sub, "pretrained", cmd_pretrained)
     add_common(p)
-    p.set_defaults(func=cmd_pretrained)

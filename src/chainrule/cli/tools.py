@@ -13,13 +13,14 @@ from chainrule.outputs import check_output
 from .common import (
     RUN_DATA_HELP,
     UserError,
-    _Help,
+    add_command,
     add_common,
     caveat_line,
     check_output_dir,
     csv_text,
     default_out,
     list_files,
+    load_split,
     model_on,
     nonneg_int,
     output_file,
@@ -30,11 +31,16 @@ from .common import (
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    """per-image NLL (nats, bits/dim, complexity-corrected) to CSV, and per-pixel NLL maps as PNG
+
+    Score every image of a split: NLL in nats and bits/dim, the lossless code length and the
+    complexity-corrected score, one CSV row per image (its index in the split), and per-pixel
+    NLL maps of the most and least likely images as PNG.
+    """
     import torch
 
     from chainrule.anomaly import anomaly_scores, pixel_nll
-    from chainrule.data import load_dataset
-    from chainrule.evaluate import check_compatible, per_image_nll
+    from chainrule.evaluate import per_image_nll
     from chainrule.outputs import random_subset
     from chainrule.plots import pixel_nll_maps
 
@@ -44,11 +50,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     png = out.with_name(out.stem + "_nll_maps.png")
     if args.maps or args.images:
         check_output(png, what="maps")
-    splits = load_dataset(data, data_dir=data_dir)
-    x_all = splits.split(args.split)
-    if len(x_all) == 0:
-        raise UserError(f"{data} {args.split} is an empty set (0 images)")
-    check_compatible(model, splits.event_shape, splits.levels, data)
+    x_all, splits = load_split(model, data, data_dir, args.split)
     if args.images:  # checked before any scoring
         try:
             wanted = [int(t) for t in args.images.split(",") if t.strip()]
@@ -224,6 +226,11 @@ def _write_detection(
 
 
 def cmd_features(args: argparse.Namespace) -> int:
+    """the model's features of every split to an .npz
+
+    Features of every image of every split (and the labels, where the data set has them) to a
+    compressed .npz, for `chainrule probe --features` or your own use.
+    """
     from chainrule.data import load_dataset
     from chainrule.probe import dataset_features
 
@@ -241,6 +248,11 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    """linear probe: logistic regression on the features vs on raw pixels
+
+    Representation learning, measured: a logistic regression on the model's features against
+    one on the raw pixels, C chosen on the valid split, test accuracy.
+    """
     import numpy as np
 
     from chainrule.data import load_dataset
@@ -330,6 +342,17 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_max_images(p: argparse.ArgumentParser, what: str) -> None:
+    """``--max-images N`` (``what``: which images), drawn at random with ``--seed``."""
+    p.add_argument(
+        "--max-images",
+        type=positive_int,
+        default=None,
+        help=f"{what}, drawn at random with --seed (default: all)",
+    )
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the --max-images draw")
+
+
 def add_parsers(sub) -> None:
     """Parsers of score, detect, features and probe."""
     from chainrule.anomaly import COMPRESSORS, SCORES
@@ -344,15 +367,7 @@ def add_parsers(sub) -> None:
             data_dir=True,
         )
 
-    sc = sub.add_parser(
-        "score",
-        help="per-image NLL (nats, bits/dim, complexity-corrected) to CSV, "
-        "and per-pixel NLL maps as PNG",
-        description="Score every image of a split: NLL in nats and bits/dim, the lossless "
-        "code length and the complexity-corrected score, one CSV row per image (its index in "
-        "the split), and per-pixel NLL maps of the most and least likely images as PNG.",
-        formatter_class=_Help,
-    )
+    sc = add_command(sub, "score", cmd_score)
     common(sc)
     sc.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split")
     sc.add_argument("--out", default=None, help="CSV file (default: RUN_DIR/scores-DATA-SPLIT.csv)")
@@ -371,24 +386,18 @@ def add_parsers(sub) -> None:
     sc.add_argument(
         "--images", default=None, help="comma-separated indices (into the split) of images to map"
     )
-    sc.add_argument(
-        "--max-images",
-        type=positive_int,
-        default=None,
-        help="score only N images, drawn at random with --seed (default: all)",
-    )
-    sc.add_argument("--seed", type=nonneg_int, default=0, help="seed of the --max-images draw")
-    sc.set_defaults(func=cmd_score)
+    add_max_images(sc, "score only N images")
 
-    d = sub.add_parser(
+    d = add_command(
+        sub,
         "detect",
+        cmd_detect,
         help="anomaly detection: AUROC, AUPR, FPR@95%%TPR of each score, "
         "histograms and ROC as PNG, a threshold chosen on held-out data",
         description="Out-of-distribution detection. Scores: "
         + ", ".join(SCORES)
         + ". OOD sets: any data set name (e.g. notmnist:binarize), noise, flip[:NAME], "
         "hflip[:NAME], invert[:NAME] (see chainrule.anomaly).",
-        formatter_class=_Help,
     )
     common(d, data_help="")
     d.add_argument(
@@ -410,39 +419,19 @@ def add_parsers(sub) -> None:
         default=0.05,
         help="false-alarm rate the threshold is chosen for, on in-distribution valid",
     )
-    d.add_argument(
-        "--max-images",
-        type=positive_int,
-        default=None,
-        help="use at most N images of each set, drawn at random with --seed (default: all)",
-    )
-    d.add_argument("--seed", type=nonneg_int, default=0, help="seed of the --max-images draws")
+    add_max_images(d, "use at most N images of each set")
     d.add_argument(
         "--out-dir", default=None, help="folder for PNG/CSV/JSON (default: RUN_DIR/detect-OOD)"
     )
     d.add_argument(
         "--json", default=None, help="JSON file for the metrics (default: OUT_DIR/detect.json)"
     )
-    d.set_defaults(func=cmd_detect)
 
-    f = sub.add_parser(
-        "features",
-        help="the model's features of every split to an .npz",
-        description="Features of every image of every split (and the labels, where the data "
-        "set has them) to a compressed .npz, for `chainrule probe --features` or your own use.",
-        formatter_class=_Help,
-    )
+    f = add_command(sub, "features", cmd_features)
     common(f)
     f.add_argument("--out", default=None, help=".npz file (default: RUN_DIR/features-DATA.npz)")
-    f.set_defaults(func=cmd_features)
 
-    pr = sub.add_parser(
-        "probe",
-        help="linear probe: logistic regression on the features vs on raw pixels",
-        description="Representation learning, measured: a logistic regression on the model's "
-        "features against one on the raw pixels, C chosen on the valid split, test accuracy.",
-        formatter_class=_Help,
-    )
+    pr = add_command(sub, "probe", cmd_probe)
     common(pr, data_help="labelled data set (default: the run's; e.g. mnist:binarize, digits)")
     pr.add_argument(
         "--features", default=None, help="features .npz written by `chainrule features`"
@@ -452,4 +441,3 @@ def add_parsers(sub) -> None:
     )
     pr.add_argument("--out", default=None, help="also write the accuracies to this CSV")
     pr.add_argument("--json", default=None, help="also write the accuracies to this JSON")
-    pr.set_defaults(func=cmd_probe)

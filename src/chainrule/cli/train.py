@@ -13,7 +13,7 @@ from .common import (
     DEFAULT_DATA,
     DEFAULT_MODEL,
     UserError,
-    _Help,
+    add_command,
     add_common,
     data_line,
     flag,
@@ -351,14 +351,15 @@ def _train_epilog() -> str:
 def add_parser(sub) -> None:
     import chainrule
 
-    t = sub.add_parser(
+    t = add_command(
+        sub,
         "train",
+        cmd_train,
         help="train a model (no arguments: the main job on digits)",
         description="Train a model by maximum likelihood (Adam; the best model on the valid "
         "split is kept; early stopping). With no arguments: the default model "
         f"({DEFAULT_MODEL}) on the embedded digits data set.",
         epilog=_train_epilog(),
-        formatter_class=_Help,
     )
     t.add_argument(
         "--model",
@@ -391,4 +392,3 @@ def add_parser(sub) -> None:
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run (see below)")
     add_common(t)  # --quiet
     add_model_flags(t)
-    t.set_defaults(func=cmd_train)

@@ -21,32 +21,27 @@ import torch
 from torch import Tensor, nn
 
 from ..orderings import check_ordering_spec
-from .ordered import OrderedModel
+from .options import check_nonnegative, ordering_field
+from .ordered import DiscreteOrderedModel
 from .registry import register
 
 
 @dataclass
 class FVSBNConfig:
-    ordering: str | list[int] = field(
-        default="raster",
-        metadata={"help": "pixel ordering: raster (default), random:SEED or a permutation"},
-    )
+    ordering: str | list[int] = ordering_field()
     init_scale: float = field(
         default=0.01, metadata={"help": "standard deviation of the initial weights"}
     )
 
     def validate(self) -> None:
         check_ordering_spec(self.ordering)
-        if self.init_scale < 0:
-            raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
+        check_nonnegative(self.init_scale, "init_scale")
 
 
 @register
-class FVSBN(OrderedModel):
+class FVSBN(DiscreteOrderedModel):
     name = "fvsbn"
     Config = FVSBNConfig
-    supports = ("binary", "discrete")
-    levels: int  # K: the model is discrete only (``supports``, checked when it is built)
     train_defaults = {"lr": 1e-2, "epochs": 40}
 
     mask: Tensor

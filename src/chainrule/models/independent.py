@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import AutoregressiveModel
-from .ordered import OrderedModel
+from .ordered import DiscreteOrderedModel
 from .registry import register
 
 
@@ -132,11 +132,9 @@ def empirical_counts(values: Tensor, levels: int) -> Tensor:
 
 
 @register
-class Independent(OrderedModel):
+class Independent(DiscreteOrderedModel):
     name = "independent"
     Config = IndependentConfig
-    supports = ("binary", "discrete")
-    levels: int  # K: the model is discrete only (``supports``, checked when it is built)
     supports_completion_any_mask = True  # every dimension is independent of the others
 
     def __init__(self, event_shape, levels, config: IndependentConfig):

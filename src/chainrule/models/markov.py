@@ -26,14 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..orderings import check_ordering_spec
-from .independent import (
-    add_counts,
-    fit_chunks,
-    free_logits_to_full,
-    logits_from_counts,
-    rows_per_block,
-)
-from .ordered import OrderedModel, check_table_size
+from . import independent  # the closed-form fit's counting helpers
+from .options import check_int, check_nonnegative, ordering_field, smoothing_field
+from .ordered import DiscreteOrderedModel, check_table_size
 from .registry import register
 
 
@@ -45,20 +40,12 @@ class MarkovConfig:
             "help": "k, how many previous pixels in the ordering each pixel depends on (1: the previous one)"
         },
     )
-    ordering: str | list[int] = field(
-        default="raster",
-        metadata={"help": "pixel ordering: raster (default), random:SEED or a permutation"},
-    )
-    smoothing: float = field(
-        default=0.5,
-        metadata={"help": "pseudo-count added to every transition count by the closed-form fit"},
-    )
+    ordering: str | list[int] = ordering_field()
+    smoothing: float = smoothing_field("transition count")
 
     def validate(self) -> None:
-        if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 1:
-            raise ValueError(f"order must be an int >= 1, got {self.order!r}")
-        if self.smoothing < 0:
-            raise ValueError(f"smoothing must be >= 0, got {self.smoothing}")
+        check_int(self.order, "order", 1)
+        check_nonnegative(self.smoothing, "smoothing")
         check_ordering_spec(self.ordering)
 
 
@@ -67,11 +54,9 @@ def _markov_count(d: int, levels: int, k: int) -> int:
 
 
 @register
-class Markov(OrderedModel):
+class Markov(DiscreteOrderedModel):
     name = "markov"
     Config = MarkovConfig
-    supports = ("binary", "discrete")
-    levels: int  # K: the model is discrete only (``supports``, checked when it is built)
     powers: Tensor  # K^j, the weight of the j-th previous value in the context index
     input_differentiable = False
 
@@ -117,7 +102,7 @@ class Markov(OrderedModel):
         table = self._table()  # (D, K^k, K-1)
         steps = torch.arange(self.dim, device=xo.device)
         free = table[steps.unsqueeze(0), ctx]  # (B, D, K-1)
-        return free_logits_to_full(free, self.levels)
+        return independent.free_logits_to_full(free, self.levels)
 
     def _conditional_log_probs(self, x: Tensor) -> Tensor:
         K, k, d = self.levels, self.k, self.dim
@@ -126,7 +111,9 @@ class Markov(OrderedModel):
         xo = self.to_ordered(x)
         # log p of every (step, context, level), then one lookup per value: the same numbers
         # as Categorical.log_prob on the gathered rows, without a (B, D, K) tensor
-        logp = F.log_softmax(free_logits_to_full(self._table(), K), dim=-1)  # (D, K^k, K)
+        logp = F.log_softmax(
+            independent.free_logits_to_full(self._table(), K), dim=-1
+        )  # (D, K^k, K)
         steps = torch.arange(d, device=xo.device).unsqueeze(0) * K**k
         flat = (steps + self._contexts(xo)) * K + xo.long()  # (B, D)
         return self.from_ordered(logp.reshape(-1)[flat])
@@ -136,7 +123,7 @@ class Markov(OrderedModel):
         prev = xo[:, i - k : i].long().flip(-1) if k else xo[:, :0].long()
         ctx = (prev * self.powers[:k]).sum(-1)  # (B,)
         free = self.first_logits[i][ctx] if i < self.k else self.logits[i - self.k][ctx]
-        return free_logits_to_full(free, self.levels)
+        return independent.free_logits_to_full(free, self.levels)
 
     @torch.no_grad()
     def fit(self, x: Tensor, chunk_size: int | None = None) -> Markov:
@@ -147,14 +134,14 @@ class Markov(OrderedModel):
         device = self._device
         counts = torch.zeros(d, K**k, K, dtype=torch.int64, device=device)
         steps = torch.arange(d, device=device).unsqueeze(0) * K**k
-        for xc in fit_chunks(self, x, chunk_size):
+        for xc in independent.fit_chunks(self, x, chunk_size):
             xo = self.to_ordered(xc)
-            add_counts(counts, (steps + self._contexts(xo)) * K + xo.long())  # (n, D)
+            independent.add_counts(counts, (steps + self._contexts(xo)) * K + xo.long())  # (n, D)
         # counts -> logits a block of steps at a time (row by row, so the same numbers)
-        block = rows_per_block(K**k * K)
+        block = independent.rows_per_block(K**k * K)
         for a in range(0, d, block):
             b = min(d, a + block)
-            logits = logits_from_counts(counts[a:b], self.config.smoothing, K)
+            logits = independent.logits_from_counts(counts[a:b], self.config.smoothing, K)
             for i in range(a, min(b, k)):
                 self.first_logits[i].copy_(logits[i - a, : K**i])
             if b > k:

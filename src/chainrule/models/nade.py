@@ -53,7 +53,6 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +60,8 @@ from torch import Tensor, nn
 from .. import sampling
 from ..orderings import check_ordering_spec, resolve_ordering
 from .base import canonical_impl
-from .ordered import OrderedModel
+from .options import check_choice, check_int, check_nonnegative, ordering_field
+from .ordered import DiscreteOrderedModel
 from .registry import register
 
 ACTIVATIONS = ("sigmoid", "relu")
@@ -69,14 +69,41 @@ IMPLS = ("auto", "sparse", "block")
 
 
 @dataclass
-class NADEConfig:
+class NADEFamilyConfig:
+    """The options NADE and RNADE share (the first fields of both configs)."""
+
     hidden: int = field(default=64, metadata={"help": "H, hidden units (the papers use 500)"})
     activation: str = field(
         default="sigmoid", metadata={"help": "hidden activation: sigmoid (the papers) or relu"}
     )
-    ordering: str | list[int] = field(
-        default="raster",
-        metadata={"help": "the first (or only) ordering: raster, random:SEED or a permutation"},
+    impl: str = field(
+        default="auto",
+        metadata={
+            "help": "computation path: auto (NADE: sparse on CPU for binary data, else block; RNADE: block), sparse (NADE, binary data) or block (an older naive is read as auto)"
+        },
+    )
+    block: int = field(default=32, metadata={"help": "steps per block of the block path"})
+    init_scale: float = field(
+        default=1.0,
+        metadata={"help": "multiplies the default initial weight scales (1: unchanged)"},
+    )
+
+    def __post_init__(self) -> None:
+        self.impl = canonical_impl(self.impl)  # saved configs: "naive"
+
+    def check_shared(self, impls: tuple[str, ...]) -> None:
+        """Checks of the shared options; ``impls``: the model's computation paths."""
+        check_int(self.hidden, "hidden", 1)
+        check_choice(self.activation, "activation", ACTIVATIONS)
+        check_choice(self.impl, "impl", impls)
+        check_int(self.block, "block", 1)
+        check_nonnegative(self.init_scale, "init_scale")
+
+
+@dataclass
+class NADEConfig(NADEFamilyConfig):
+    ordering: str | list[int] = ordering_field(
+        "the first (or only) ordering: raster, random:SEED or a permutation"
     )
     ensemble: int = field(
         default=1, metadata={"help": "E orderings in the uniform mixture (1: a single NADE)"}
@@ -90,38 +117,12 @@ class NADEConfig:
             "help": "K levels only: M = min(embed_dim, K) dimensions of the level embeddings"
         },
     )
-    impl: str = field(
-        default="auto",
-        metadata={
-            "help": "computation path: auto (sparse on CPU for binary data, else block), sparse or block (an older naive is read as auto)"
-        },
-    )
-    block: int = field(default=32, metadata={"help": "steps per block of the block path"})
-    init_scale: float = field(
-        default=1.0,
-        metadata={"help": "multiplies the default initial weight scales (1: unchanged)"},
-    )
-
-    def __post_init__(self) -> None:
-        self.impl = canonical_impl(self.impl)  # saved configs: "naive"
 
     def validate(self) -> None:
+        self.check_shared(IMPLS)
         check_ordering_spec(self.ordering)
-        _check_int(self.hidden, "hidden", 1)
-        _check_int(self.ensemble, "ensemble", 1)
-        _check_int(self.embed_dim, "embed_dim", 1)
-        _check_int(self.block, "block", 1)
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
-        if not self.init_scale >= 0:
-            raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
-
-
-def _check_int(v: Any, name: str, lo: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        check_int(self.ensemble, "ensemble", 1)
+        check_int(self.embed_dim, "embed_dim", 1)
 
 
 # ====================================================================== shared computation
@@ -291,13 +292,11 @@ def _rows_by_step(x: Tensor) -> list[Tensor | None]:
 
 # ====================================================================== the model
 @register
-class NADE(OrderedModel):
+class NADE(DiscreteOrderedModel):
     """NADE over binary or K-level images (see the module doc)."""
 
     name = "nade"
     Config = NADEConfig
-    supports = ("binary", "discrete")
-    levels: int  # K: the model is discrete only (``supports``, checked when it is built)
     # measured on digits (the main job): lr 2e-2 with a cosine decay over 50 epochs reaches
     # 17.2 test nats where Adam's usual 1e-3 for 20 epochs stops at 23.0
     train_defaults = {"lr": 2e-2, "lr_schedule": "cosine", "epochs": 50, "patience": 10}

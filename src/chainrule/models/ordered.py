@@ -97,6 +97,13 @@ class OrderedModel(AutoregressiveModel):
         return self.from_ordered(self.head.log_prob(params, xo))
 
 
+class DiscreteOrderedModel(OrderedModel):
+    """An :class:`OrderedModel` of discrete data only: binary or K levels."""
+
+    supports = ("binary", "discrete")
+    levels: int  # K (checked against ``supports`` when the model is built)
+
+
 class PrefixDecoder:
     """Decoder of a model whose step ``i`` reads the earlier values directly
     (``model._step_params(xo, i)``): it keeps the values told so far, ``(n, D)``."""

@@ -247,7 +247,15 @@ class _PixelNet(AutoregressiveModel):
         out_groups = torch.arange(c).repeat_interleave(p)  # logits of channel k: group k
         self.out_conv2 = MaskedConv2d(o, c * p, (1, 1), "B", c, out_groups=out_groups)
 
-    def _make_block(self, f: int, c: int) -> nn.Module:  # pragma: no cover - abstract
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = cls.Config.model_name()  # the registry name, written once (presets use it)
+
+    def _make_block(self, f: int, c: int) -> Residual | PixelCNNBlock:
+        """One layer of the stack: the recurrent layer and its projection back to the stream."""
+        return Residual(self._recurrent_layer(f, c), self.config.hidden, f, c)
+
+    def _recurrent_layer(self, f: int, c: int) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # ------------------------------------------------------------------ network
@@ -341,7 +349,7 @@ class PixelDecoder:
         self.order = model.decoder_order()
         like = torch.zeros((), device=model._device, dtype=model._dtype)
         self.input = ConvCache(model.input_conv, n, h, w, like)
-        blocks = [cast(Residual | PixelCNNBlock, b) for b in model.blocks]  # _make_block's
+        blocks = [cast(Residual | PixelCNNBlock, b) for b in model.blocks]  # see _make_block
         self.stack = blocks[0].stack_cache(blocks, n, h, w, like)
         self.out1_w, self.out1_b = linear_of(model.out_conv1)
         w2, b2 = linear_of(model.out_conv2)  # (O, C * P): the logits of channel k together
@@ -393,25 +401,21 @@ class PixelDecoder:
 class RowLSTM(_PixelNet):
     """PixelRNN with Row LSTM layers (context: a triangle above the pixel)."""
 
-    name = "row-lstm"
     Config = RowLSTMConfig
 
-    def _make_block(self, f, c):
-        cfg = self.config
-        return Residual(RowLSTMLayer(f, cfg.hidden, c, cfg.kernel), cfg.hidden, f, c)
+    def _recurrent_layer(self, f, c):
+        return RowLSTMLayer(f, self.config.hidden, c, self.config.kernel)
 
 
 @register
 class DiagonalBiLSTM(_PixelNet):
     """PixelRNN with Diagonal BiLSTM layers (context: every previous pixel)."""
 
-    name = "diagonal-bilstm"
     Config = DiagonalBiLSTMConfig
 
-    def _make_block(self, f, c):
-        cfg = self.config
-        ctx = c if cfg.full_context else 0
-        return Residual(DiagonalBiLSTMLayer(f, cfg.hidden, c, ctx), cfg.hidden, f, c)
+    def _recurrent_layer(self, f, c):
+        context = c if self.config.full_context else 0  # the image into the right-to-left gates
+        return DiagonalBiLSTMLayer(f, self.config.hidden, c, context)
 
 
 @register
@@ -421,7 +425,6 @@ class PixelCNN(_PixelNet):
     ``impl`` has one value, as for the two recurrent models (there is no recurrence).
     """
 
-    name = "pixelcnn"
     Config = PixelCNNConfig
 
     def _make_block(self, f, c):

@@ -51,8 +51,8 @@ from ..distributions import (  # noqa: F401  (re-exported: the truncated mixture
     sample_truncated_mixture,
 )
 from ..orderings import check_ordering_spec
-from .base import canonical_impl
-from .nade import ACTIVATIONS, BlockNADE, _check_int, activate
+from .nade import BlockNADE, NADEFamilyConfig, activate
+from .options import check_choice, check_int, ordering_field
 from .ordered import OrderedModel
 from .registry import register
 
@@ -60,50 +60,21 @@ SUPPORTS = ("unit", "real")
 
 
 @dataclass
-class RNADEConfig:
-    hidden: int = field(default=64, metadata={"help": "H, hidden units"})
+class RNADEConfig(NADEFamilyConfig):
     components: int = field(default=3, metadata={"help": "K Gaussians in each conditional mixture"})
-    activation: str = field(
-        default="sigmoid", metadata={"help": "hidden activation: sigmoid or relu"}
-    )
-    ordering: str | list[int] = field(
-        default="raster",
-        metadata={"help": "pixel ordering: raster (default), random:SEED or a permutation"},
-    )
+    ordering: str | list[int] = ordering_field()
     support: str = field(
         default="unit",
         metadata={
             "help": "unit: mixtures truncated to [0, 1] (a proper density there); real: untruncated, as in the paper"
         },
     )
-    impl: str = field(
-        default="auto",
-        metadata={
-            "help": "computation path: auto or block, the same (an older naive is read as auto)"
-        },
-    )
-    block: int = field(default=32, metadata={"help": "steps per block of the block path"})
-    init_scale: float = field(
-        default=1.0,
-        metadata={"help": "multiplies the default initial weight scales (1: unchanged)"},
-    )
-
-    def __post_init__(self) -> None:
-        self.impl = canonical_impl(self.impl)  # saved configs: "naive"
 
     def validate(self) -> None:
+        self.check_shared(("auto", "block"))
+        check_int(self.components, "components", 1)
         check_ordering_spec(self.ordering)
-        _check_int(self.hidden, "hidden", 1)
-        _check_int(self.components, "components", 1)
-        _check_int(self.block, "block", 1)
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.support not in SUPPORTS:
-            raise ValueError(f"support must be one of {SUPPORTS}, got {self.support!r}")
-        if self.impl not in ("auto", "block"):
-            raise ValueError(f"impl must be 'auto' or 'block', got {self.impl!r}")
-        if not self.init_scale >= 0:
-            raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
+        check_choice(self.support, "support", SUPPORTS)
 
 
 # ---------------------------------------------------------------------- the model

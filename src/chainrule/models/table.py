@@ -16,46 +16,33 @@ counts in chunks of images into ``int64`` tables of the parameters' size (see
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from ..orderings import check_ordering_spec
+from . import independent  # the closed-form fit's counting helpers
 from .base import check_event_shape, check_levels
-from .independent import (
-    add_counts,
-    fit_chunks,
-    free_logits_to_full,
-    logits_from_counts,
-    rows_per_block,
-)
-from .ordered import OrderedModel, check_table_size
+from .options import check_nonnegative, ordering_field, smoothing_field
+from .ordered import DiscreteOrderedModel, check_table_size
 from .registry import register
 
 
 @dataclass
 class TableConfig:
-    ordering: str | list[int] = field(
-        default="raster",
-        metadata={"help": "pixel ordering: raster (default), random:SEED or a permutation"},
-    )
-    smoothing: float = field(
-        default=0.5, metadata={"help": "pseudo-count added to every count by the closed-form fit"}
-    )
+    ordering: str | list[int] = ordering_field()
+    smoothing: float = smoothing_field("count")
 
     def validate(self) -> None:
-        if self.smoothing < 0:
-            raise ValueError(f"smoothing must be >= 0, got {self.smoothing}")
+        check_nonnegative(self.smoothing, "smoothing")
         check_ordering_spec(self.ordering)
 
 
 @register
-class Table(OrderedModel):
+class Table(DiscreteOrderedModel):
     name = "table"
     Config = TableConfig
-    supports = ("binary", "discrete")
-    levels: int  # K: the model is discrete only (``supports``, checked when it is built)
     input_differentiable = False
 
     def __init__(self, event_shape, levels, config: TableConfig):
@@ -81,7 +68,7 @@ class Table(OrderedModel):
         ctx = torch.zeros(xo.shape[0], dtype=torch.int64, device=xo.device)
         out = []
         for i in range(self.dim):
-            out.append(free_logits_to_full(self.logits[i][ctx], self.levels))
+            out.append(independent.free_logits_to_full(self.logits[i][ctx], self.levels))
             ctx = ctx * self.levels + xo[:, i].long()  # mixed-radix index of x_<=i
         return torch.stack(out, 1)  # (B, D, P)
 
@@ -89,7 +76,7 @@ class Table(OrderedModel):
         ctx = torch.zeros(xo.shape[0], dtype=torch.int64, device=xo.device)
         for j in range(i):  # mixed-radix index of x_<i (i is at most log2 of the table size)
             ctx = ctx * self.levels + xo[:, j].long()
-        return free_logits_to_full(self.logits[i][ctx], self.levels)
+        return independent.free_logits_to_full(self.logits[i][ctx], self.levels)
 
     @torch.no_grad()
     def fit(self, x: Tensor, chunk_size: int | None = None) -> Table:
@@ -99,16 +86,16 @@ class Table(OrderedModel):
         Returns ``self``."""
         K, device = self.levels, self._device
         counts = [torch.zeros(K**i, K, dtype=torch.int64, device=device) for i in range(self.dim)]
-        for xc in fit_chunks(self, x, chunk_size):
+        for xc in independent.fit_chunks(self, x, chunk_size):
             xo = self.to_ordered(xc).long()
             ctx = torch.zeros(xo.shape[0], dtype=torch.int64, device=device)
             for i in range(self.dim):
-                add_counts(counts[i], ctx * K + xo[:, i])
+                independent.add_counts(counts[i], ctx * K + xo[:, i])
                 ctx = ctx * K + xo[:, i]
-        block = rows_per_block(K)  # counts -> logits a block of contexts at a time
+        block = independent.rows_per_block(K)  # counts -> logits a block of contexts at a time
         for i in range(self.dim):
             c = counts.pop(0)  # each step's counts are freed once turned into logits
             for a in range(0, K**i, block):
-                rows = logits_from_counts(c[a : a + block], self.config.smoothing, K)
+                rows = independent.logits_from_counts(c[a : a + block], self.config.smoothing, K)
                 self.logits[i][a : a + block].copy_(rows)
         return self
