@@ -134,7 +134,9 @@ def conditional_log_likelihood(model: AutoregressiveModel, x: Tensor, mask: Tens
     """log p(hidden | visible) in nats of each completed image ``x`` ``(N, C, H, W)``, exactly:
     ``log_prob(x, ordering=ordering_for(mask)) - log_prob_observed(x, mask)`` (an order-agnostic
     model; ``mask`` ``(C, H, W)`` or ``(N, C, H, W)``, True = visible). ``(N,)``."""
-    if not model.supports_completion_any_mask:
+    from .models.anyorder import OrderAgnosticModel
+
+    if not isinstance(model, OrderAgnosticModel):
         raise ValueError(
             f"the conditional log-likelihood of a completion needs an order-agnostic model "
             f"(made, deep-nade), not {model.name!r}"
@@ -171,7 +173,8 @@ def given_first_ordering(mask: Tensor) -> list[int]:
         )
     from .orderings import raster_order
 
-    order = raster_order(tuple(mask.shape))
+    c, h, w = mask.shape
+    order = raster_order((c, h, w))
     m = mask.flatten()[order]
     return torch.cat([order[m], order[~m]]).tolist()
 

@@ -26,7 +26,7 @@ order-agnostic objective the trainer maximizes).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -34,8 +34,9 @@ from torch import Tensor, nn
 
 from .. import sampling
 from ..distributions import head_for
-from ..orderings import resolve_ordering
+from ..orderings import check_ordering_spec, resolve_ordering
 from .base import AutoregressiveModel
+from .options import check_choice, check_int, ordering_field
 
 ACTIVATIONS = ("relu", "sigmoid")
 
@@ -52,10 +53,35 @@ class Part:
     order: Tensor
 
 
-def check_int(v: Any, name: str, lo: int, hi: int | None = None) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-        bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise ValueError(f"{name} must be an int {bound}, got {v!r}")
+@dataclass
+class OrderAgnosticConfig:
+    """The options MADE and DeepNADE share (each adds its own)."""
+
+    hidden: int = field(
+        default=64, metadata={"help": "H, hidden units per layer (the papers: 500)"}
+    )
+    layers: int = field(default=1, metadata={"help": "hidden layers"})
+    activation: str = field(default="relu", metadata={"help": "hidden activation: relu or sigmoid"})
+    ordering: str | list[int] = ordering_field(
+        "the default ordering: raster, random:SEED or a permutation"
+    )
+    ensemble: int = field(default=1, metadata={"help": "E members averaged at test time"})
+    embed_dim: int = field(
+        default=16, metadata={"help": "K levels only: M = min(embed_dim, K) output dimensions"}
+    )
+
+    def validate(self) -> None:
+        check_ordering_spec(self.ordering)
+        for name in ("hidden", "ensemble", "embed_dim"):
+            check_int(getattr(self, name), name, 1)
+        check_int(self.layers, "layers", 1)
+        if self.layers > self.max_layers():
+            raise ValueError(f"layers must be at most {self.max_layers()}, got {self.layers}")
+        check_choice(self.activation, "activation", ACTIVATIONS)
+
+    def max_layers(self) -> int:
+        """The most hidden layers this model takes."""
+        return 3
 
 
 @torch.no_grad()
@@ -89,7 +115,8 @@ class OutputLayer(nn.Module):
             self.embed = nn.Parameter(torch.randn(levels, self.m))
 
     def forward(self, h: Tensor, mask: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
-        w, b = self.weight, self.bias
+        w: Tensor = self.weight
+        b: Tensor = self.bias
         if rows is not None:
             w, b = w[rows], b[rows]
         if mask is not None:
@@ -145,6 +172,12 @@ class OrderAgnosticModel(AutoregressiveModel):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ orderings
+    @property
+    def discrete_levels(self) -> int:
+        """K (the family is discrete)."""
+        assert self.levels is not None
+        return self.levels
+
     @property
     def members(self) -> int:
         return self.config.ensemble

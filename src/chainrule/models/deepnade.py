@@ -29,39 +29,23 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..orderings import check_ordering_spec, resolve_ordering
-from .anyorder import ACTIVATIONS, OrderAgnosticModel, RunningDecoder, activate, check_int
+from ..orderings import resolve_ordering
+from .anyorder import OrderAgnosticConfig, OrderAgnosticModel, RunningDecoder, activate
+from .options import check_int
 from .registry import register
 
 
 @dataclass
-class DeepNADEConfig:
-    hidden: int = field(default=64, metadata={"help": "H, hidden units per layer (the paper: 500)"})
-    layers: int = field(default=1, metadata={"help": "hidden layers (1 to 3)"})
-    activation: str = field(default="relu", metadata={"help": "hidden activation: relu or sigmoid"})
-    ordering: str | list[int] = field(
-        default="raster",
-        metadata={"help": "the default ordering: raster, random:SEED or a permutation"},
-    )
-    ensemble: int = field(
-        default=1, metadata={"help": "E orderings in the test-time mixture (1: one ordering)"}
-    )
+class DeepNADEConfig(OrderAgnosticConfig):
+    """E orderings in the ensemble: the default one and random:(ensemble_seed + e), e >= 1."""
+
     ensemble_seed: int = field(
         default=1, metadata={"help": "orderings 2..E of an ensemble are random:(ensemble_seed + e)"}
     )
-    embed_dim: int = field(
-        default=16, metadata={"help": "K levels only: M = min(embed_dim, K) output dimensions"}
-    )
 
     def validate(self) -> None:
-        check_ordering_spec(self.ordering)
-        check_int(self.hidden, "hidden", 1)
-        check_int(self.layers, "layers", 1, 3)
-        check_int(self.ensemble, "ensemble", 1)
+        super().validate()
         check_int(self.ensemble_seed, "ensemble_seed", 0)
-        check_int(self.embed_dim, "embed_dim", 1)
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
 
 
 @register
@@ -86,11 +70,13 @@ class DeepNADE(OrderAgnosticModel):
             orders.append(resolve_ordering(f"random:{config.ensemble_seed + e}", self.event_shape))
         self.register_buffer("orders", torch.stack(orders), persistent=False)  # (E, D)
 
+    orders: Tensor
+
     def member_order(self, member: int) -> Tensor:
         return self.orders[member]
 
     def inputs(self, x: Tensor) -> Tensor:
-        return x if self.levels == 2 else x / (self.levels - 1)
+        return x if self.levels == 2 else x / (self.discrete_levels - 1)
 
     def top(self, a: Tensor) -> Tensor:
         """First-layer activations ``(..., H)`` -> the last hidden layer."""

@@ -26,22 +26,16 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..orderings import check_ordering_spec, inverse, resolve_ordering
-from .anyorder import ACTIVATIONS, OrderAgnosticModel, RunningDecoder, activate, check_int
+from ..orderings import inverse, resolve_ordering
+from .anyorder import OrderAgnosticConfig, OrderAgnosticModel, RunningDecoder, activate
+from .options import check_choice, check_int
 from .registry import register
 
 MEMBER_ORDERINGS = ("shared", "own")
 
 
 @dataclass
-class MADEConfig:
-    hidden: int = field(default=64, metadata={"help": "H, hidden units per layer (the paper: 500)"})
-    layers: int = field(default=1, metadata={"help": "hidden layers (1 to 5)"})
-    activation: str = field(default="relu", metadata={"help": "hidden activation: relu or sigmoid"})
-    ordering: str | list[int] = field(
-        default="raster",
-        metadata={"help": "the default ordering: raster, random:SEED or a permutation"},
-    )
+class MADEConfig(OrderAgnosticConfig):
     order_agnostic: bool = field(
         default=True,
         metadata={
@@ -56,9 +50,6 @@ class MADEConfig:
             "through a fixed set of M (members 0..M-1)"
         },
     )
-    ensemble: int = field(
-        default=1, metadata={"help": "E masks (members 0..E-1) averaged at test time"}
-    )
     member_orderings: str = field(
         default="shared",
         metadata={
@@ -67,24 +58,15 @@ class MADEConfig:
         },
     )
     mask_seed: int = field(default=0, metadata={"help": "seed of the members' masks"})
-    embed_dim: int = field(
-        default=16, metadata={"help": "K levels only: M = min(embed_dim, K) output dimensions"}
-    )
+
+    def max_layers(self) -> int:
+        return 5
 
     def validate(self) -> None:
-        check_ordering_spec(self.ordering)
-        check_int(self.hidden, "hidden", 1)
-        check_int(self.layers, "layers", 1, 5)
-        check_int(self.masks, "masks", 0)
-        check_int(self.ensemble, "ensemble", 1)
-        check_int(self.mask_seed, "mask_seed", 0)
-        check_int(self.embed_dim, "embed_dim", 1)
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.member_orderings not in MEMBER_ORDERINGS:
-            raise ValueError(
-                f"member_orderings must be one of {MEMBER_ORDERINGS}, got {self.member_orderings!r}"
-            )
+        super().validate()
+        for name in ("masks", "mask_seed"):
+            check_int(getattr(self, name), name, 0)
+        check_choice(self.member_orderings, "member_orderings", MEMBER_ORDERINGS)
         if not isinstance(self.order_agnostic, bool):
             raise ValueError(f"order_agnostic must be true or false, got {self.order_agnostic!r}")
 
@@ -155,7 +137,7 @@ class MADE(OrderAgnosticModel):
         return masks
 
     def inputs(self, x: Tensor) -> Tensor:
-        return x if self.levels == 2 else x / (self.levels - 1)
+        return x if self.levels == 2 else x / (self.discrete_levels - 1)
 
     def hidden(self, x: Tensor, masks: list[Tensor]) -> Tensor:
         """The last hidden layer, ``(B, D) -> (B, H)``."""
