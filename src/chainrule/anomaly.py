@@ -145,8 +145,14 @@ def anomaly_scores(
     batch_size: int = 256,
     progress: bool = False,
     code_bits: np.ndarray | None = None,
+    mask: Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """Every anomaly score of every image (higher = more anomalous).
+
+    With ``mask`` (``(C, H, W)`` boolean, True = visible) the images have missing pixels: the
+    NLL is -log p(visible) (the exact marginal, :func:`chainrule.evaluate.visible_log_prob`),
+    bits/dim are per visible dimension, and the code length is that of the image with the
+    missing pixels set to 0.
 
     Args:
         model: a trained model.
@@ -164,9 +170,12 @@ def anomaly_scores(
     """
     if len(x) == 0:
         raise ValueError("cannot score an empty set of images (0 images)")
-    nll = per_image_nll(model, x, data_levels, batch_size=batch_size, progress=progress).numpy()
+    nll = per_image_nll(
+        model, x, data_levels, mask=mask, batch_size=batch_size, progress=progress
+    ).numpy()
+    seen = x if mask is None else x * mask.to(x.device, x.dtype)
     comp = (
-        compression_bits(x, data_levels, compressor, progress=progress)
+        compression_bits(seen, data_levels, compressor, progress=progress)
         if code_bits is None
         else code_bits
     )
@@ -175,7 +184,7 @@ def anomaly_scores(
     nll_bits = nll / math.log(2)
     return {
         "nll": nll,
-        "bits_per_dim": nll_bits / model.dim,
+        "bits_per_dim": nll_bits / (model.dim if mask is None else int(mask.sum())),
         "complexity": nll_bits - comp,
         "compression_bits": comp,
     }
@@ -376,6 +385,7 @@ def detect(
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = False,
+    mask: Tensor | None = None,
 ) -> Detection:
     """Score in-distribution test images against an OOD set and measure how well each score
     separates them.
@@ -386,7 +396,9 @@ def detect(
 
     ``max_images`` caps each set (test, valid, OOD) at that many images drawn at random with
     ``seed`` (:func:`chainrule.outputs.random_subset`, the same draw for a set of a given size
-    as every other command's); ``progress`` shows bars on a terminal only.
+    as every other command's); ``progress`` shows bars on a terminal only. ``mask`` (True =
+    visible): every image has the same pixels missing, and is scored by its visible ones
+    (:func:`anomaly_scores`).
 
     Raises:
         ValueError: a set of another shape or number of levels than the model's, or an empty set.
@@ -405,7 +417,13 @@ def detect(
 
     def scores_of(x: Tensor, levels: int) -> dict[str, np.ndarray]:
         return anomaly_scores(
-            model, x, levels, compressor=compressor, batch_size=batch_size, progress=progress
+            model,
+            x,
+            levels,
+            compressor=compressor,
+            batch_size=batch_size,
+            progress=progress,
+            mask=mask,
         )
 
     s_test, s_valid = scores_of(x_test, in_data.levels), scores_of(x_valid, in_data.levels)

@@ -254,9 +254,10 @@ def completion_grid(
     completions: Tensor,
     levels: int | None,
     path: str | Path,
+    caption: str | None = None,
 ) -> Path:
     """Write a PNG: one row per image: the original, the occluded input (hidden values in mid
-    grey), then its completions.
+    grey), then its completions; ``caption`` above the grid (e.g. whether the draws are exact).
 
     Args:
         originals: ``(N, C, H, W)``; mask: ``(C, H, W)`` or ``(N, C, H, W)`` (True = given);
@@ -270,7 +271,7 @@ def completion_grid(
     rows = torch.cat(
         [originals.unsqueeze(1), occluded.unsqueeze(1), completions.to(torch.float64).cpu()], 1
     )  # (N, 2 + S, C, H, W)
-    return save_image(image_grid(rows.flatten(0, 1), levels, nrow=2 + s), path)
+    return save_image(image_grid(rows.flatten(0, 1), levels, nrow=2 + s), path, caption=caption)
 
 
 __all__ = [

@@ -65,9 +65,12 @@ def _make_parent(path: Path) -> None:
         ) from None
 
 
-def save_image(arr: np.ndarray, path: str | Path, min_size: int = 256) -> Path:
-    """Save an ``(H, W, 3)`` uint8 array, upscaled by an integer factor to at least ``min_size``."""
-    from PIL import Image
+def save_image(
+    arr: np.ndarray, path: str | Path, min_size: int = 256, caption: str | None = None
+) -> Path:
+    """Save an ``(H, W, 3)`` uint8 array, upscaled by an integer factor to at least ``min_size``,
+    with ``caption`` (one or more lines) written in a white band above it."""
+    from PIL import Image, ImageDraw
 
     path = Path(path)
     _make_parent(path)
@@ -75,6 +78,18 @@ def save_image(arr: np.ndarray, path: str | Path, min_size: int = 256) -> Path:
     img = Image.fromarray(arr).resize(
         (arr.shape[1] * factor, arr.shape[0] * factor), Image.Resampling.NEAREST
     )
+    if caption:
+        import textwrap
+
+        width = max(20, img.width // 6)  # PIL's default font: about 6 pixels a character
+        lines = [w for line in caption.splitlines() for w in textwrap.wrap(line, width) or [""]]
+        band = 6 + 14 * len(lines)
+        framed = Image.new("RGB", (img.width, img.height + band), "white")
+        framed.paste(img, (0, band))
+        draw = ImageDraw.Draw(framed)
+        for k, line in enumerate(lines):
+            draw.text((4, 3 + 14 * k), line, fill="black")
+        img = framed
     return outputs.save_pil(img, path)
 
 

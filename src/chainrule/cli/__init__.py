@@ -7,10 +7,12 @@
     chainrule eval --checkpoint RUN_DIR|pretrained:NAME [--data D] [--split test]
     chainrule sample --checkpoint RUN_DIR [--n N] [--out FILE.png] [--npz FILE.npz]
     chainrule complete --checkpoint RUN_DIR [--data D] --occlude bottom-half|right-half|box:x,y,w,h
-                       [--n 8] [--samples 3] [--out completions.png]
+                       |checkerboard|random:FRACTION [--n 8] [--samples 3] [--out completions.png]
     chainrule params --shape 1x28x28 --levels 2
     chainrule score --checkpoint RUN_DIR [--data D] [--out scores.csv]     # + per-pixel NLL maps
+                    [--mask SPEC]                       # NLL of the visible pixels alone
     chainrule detect --checkpoint RUN_DIR [--in D_in] --ood D_out          # AUROC, histograms, ROC
+                     [--mask SPEC]
     chainrule features --checkpoint RUN_DIR [--data D] [--out feats.npz]
     chainrule probe --checkpoint RUN_DIR --data D                          # features vs raw pixels
     chainrule receptive-field --model row-lstm                             # which pixels feed one

@@ -122,7 +122,13 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
     import torch
 
-    from chainrule.completion import complete, completion_grid, occlusion_mask
+    from chainrule.completion import (
+        complete,
+        completion_grid,
+        conditional_log_likelihood,
+        is_exact_for,
+        occlusion_mask,
+    )
     from chainrule.evaluate import to_model_input
     from chainrule.outputs import random_subset
 
@@ -133,7 +139,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     )
     check_output(out, what="--out")
     model = load_checkpoint(args.checkpoint)
-    mask = occlusion_mask(args.occlude, model.event_shape)
+    mask = occlusion_mask(args.occlude, model.event_shape, seed=args.seed)
     data, data_dir = run_data(args.checkpoint, args.data, args.data_dir)
     x_all, splits = load_split(model, data, data_dir, args.split)
     idx = random_subset(len(x_all), args.n, seed=args.seed)
@@ -143,13 +149,32 @@ def cmd_complete(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         comp = complete(model, images, mask, samples=args.samples, generator=g)
-    completion_grid(images, mask, comp, model.levels, out)
-    exact = "not exact (see note)" if caught else "exact draws from p(hidden | visible)"
+    exact = is_exact_for(model, mask) and not caught
+    how = (
+        "exact draws from p(hidden | visible)"
+        + (" (the given-first ordering)" if model.supports_completion_any_mask else "")
+        if exact
+        else "not exact: the visible pixels do not come first in the model's ordering"
+    )
+    hidden = int((~mask).sum())
+    cond = None
+    if exact and model.supports_completion_any_mask and hasattr(model, "ordering_for"):
+        cond = conditional_log_likelihood(model, comp.flatten(0, 1), mask).double()
+    caption = f"{model.name}, {args.occlude} ({hidden} of {mask.numel()} values hidden): {how}"
+    if cond is not None:
+        caption += f"\nlog p(hidden | visible) of the completions: {cond.mean():.2f} nats (mean)"
+    completion_grid(images, mask, comp, model.levels, out, caption=caption)
     shown = ",".join(str(i) for i in idx.tolist()[:16]) + ("..." if len(idx) > 16 else "")
     print(
         f"wrote {out} ({len(x)} images of {data} {args.split} drawn at random with seed "
-        f"{args.seed}: #{shown}; {args.samples} completions each, {args.occlude}: {exact})"
+        f"{args.seed}: #{shown}; {args.samples} completions each, {args.occlude}: {how})"
     )
+    if cond is not None:
+        print(
+            f"conditional log-likelihood of the completions, log p(hidden | visible): mean "
+            f"{cond.mean():.3f} nats over {hidden} hidden values (min {cond.min():.3f}, "
+            f"max {cond.max():.3f}; exact)"
+        )
     for w in caught[:1]:
         print(f"note: {w.message}", file=sys.stderr)
     return 0
@@ -255,9 +280,12 @@ def add_parsers(sub) -> None:
     cp.add_argument(
         "--occlude",
         default="bottom-half",
-        metavar="bottom-half|right-half|box:x,y,w,h",
-        help="the hidden part: bottom-half (exact in raster order), right-half, or the "
-        "rectangle box:x,y,w,h (column, row, width, height); default bottom-half",
+        metavar="SPEC",
+        help="the hidden part: bottom-half (exact in raster order), right-half, the rectangle "
+        "box:x,y,w,h (column, row, width, height), checkerboard, or random:FRACTION[:SEED] "
+        "(that fraction of the pixels, drawn with --seed); exact for any of them with an "
+        "order-agnostic model (made, deep-nade), which also reports log p(hidden | visible); "
+        "default bottom-half",
     )
     cp.add_argument(
         "--n", type=positive_int, default=8, help="number of images, drawn at random with --seed"

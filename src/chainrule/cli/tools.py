@@ -64,6 +64,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                 f"--images must be indices in 0..{len(x_all) - 1} of {data} {args.split}, "
                 f"got {args.images!r}"
             )
+    mask = visible_mask(args, model)
     sel = random_subset(len(x_all), args.max_images, seed=args.seed)
     x = x_all[sel]
     s = anomaly_scores(
@@ -73,6 +74,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         compressor=args.compressor,
         batch_size=args.batch_size,
         progress=True,
+        mask=mask,
     )
     labels = splits.labels.get(args.split)
     rows = [
@@ -96,6 +98,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         if len(x) < len(x_all)
         else f"{len(x)} images"
     )
+    if mask is not None:
+        print(
+            f"--mask {args.mask}: {int(mask.sum())} of {mask.numel()} values visible; the NLL is "
+            "-log p(visible), exact (the missing values summed out)"
+        )
     print(
         f"{data} {args.split} ({subset}): NLL {nll.mean():.3f} nats per image, "
         f"{s['bits_per_dim'].mean():.4f} bits/dim; {args.compressor} length {s['compression_bits'].mean():.1f} "
@@ -108,6 +115,15 @@ def cmd_score(args: argparse.Namespace) -> int:
         k = min(args.maps // 2, len(x))
         pos = list(dict.fromkeys(order[:k].tolist() + order[::-1][: args.maps - k].tolist()))
         idx = [int(sel[p]) for p in pos]
+    if mask is not None and not args.images:
+        idx = []  # maps show every pixel's conditional: asked for by --images only
+    if idx and getattr(model.config, "ensemble", 1) > 1:
+        print(
+            "note: no per-pixel NLL maps: an ensemble is a mixture of orderings, whose "
+            "per-pixel conditionals are not defined",
+            file=sys.stderr,
+        )
+        idx = []
     if idx and (args.maps > 0 or args.images):
         xi = x_all[torch.as_tensor(idx)]
         maps = pixel_nll(model, xi, splits.levels, progress=True)
@@ -144,6 +160,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.json:
         check_output(json_path, what="--json")
     model = model_on(args)
+    mask = visible_mask(args, model)
     data, data_dir = run_data(args.checkpoint, args.in_data, args.data_dir)
     splits = load_dataset(data, data_dir=data_dir)
     det = detect(
@@ -158,7 +175,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         progress=True,
+        mask=mask,
     )
+    if mask is not None:
+        print(
+            f"--mask {args.mask}: every image scored by its {int(mask.sum())} visible values of "
+            f"{mask.numel()} (-log p(visible), exact)"
+        )
     print(
         f"in-distribution: {det.in_name} test ({len(next(iter(det.scores_in.values())))} images); "
         f"threshold chosen on its valid split for a {args.false_alarm:.0%} false-alarm rate"
@@ -353,6 +376,31 @@ def add_max_images(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the --max-images draw")
 
 
+def visible_mask(args: argparse.Namespace, model):
+    """``--mask SPEC``: the visible values (True) of images whose SPEC part is missing, checked
+    against what the model can marginalize exactly; None without the flag."""
+    if not args.mask:
+        return None
+    from chainrule.completion import occlusion_mask
+    from chainrule.evaluate import check_visible_mask
+
+    mask = occlusion_mask(args.mask, model.event_shape, seed=args.seed)
+    check_visible_mask(model, mask)
+    return mask.to(model._device)
+
+
+def add_mask(p) -> None:
+    p.add_argument(
+        "--mask",
+        default=None,
+        metavar="SPEC",
+        help="score images whose SPEC part is missing by the exact likelihood of the visible "
+        "part, -log p(visible): SPEC as `chainrule complete --occlude` (bottom-half, right-half, "
+        "box:x,y,w,h, checkerboard, random:FRACTION); any SPEC for made and deep-nade, a part "
+        "that comes last in the ordering (bottom-half) for the others",
+    )
+
+
 def add_parsers(sub) -> None:
     """Parsers of score, detect, features and probe."""
     from chainrule.anomaly import COMPRESSORS, SCORES
@@ -387,6 +435,7 @@ def add_parsers(sub) -> None:
         "--images", default=None, help="comma-separated indices (into the split) of images to map"
     )
     add_max_images(sc, "score only N images")
+    add_mask(sc)
 
     d = add_command(
         sub,
@@ -420,6 +469,7 @@ def add_parsers(sub) -> None:
         help="false-alarm rate the threshold is chosen for, on in-distribution valid",
     )
     add_max_images(d, "use at most N images of each set")
+    add_mask(d)
     d.add_argument(
         "--out-dir", default=None, help="folder for PNG/CSV/JSON (default: RUN_DIR/detect-OOD)"
     )
