@@ -98,6 +98,44 @@ RECIPES: dict[str, dict[str, Any]] = {
             },
         }.items()
     },
+    "made-binarized-mnist": {
+        "description": "MADE, 2 hidden layers of 500, connectivity-agnostic over a fixed set of "
+        "32 masks in raster order, 60 minutes on one thread, lr 2e-3 annealed over the budget; "
+        "the model is the mixture of the 32 masks (validated every 20 epochs: 32 passes each)",
+        "model": "made",
+        "data": "binarized-mnist",
+        "options": {
+            "hidden": 500,
+            "layers": 2,
+            "masks": 32,
+            "ensemble": 32,
+            "order_agnostic": False,
+        },
+        "train": {
+            "lr": 2e-3,
+            "lr_schedule": "cosine-time",
+            "time_budget_min": 60.0,
+            "epochs": 2000,
+            "patience": 0,
+            "batch_size": 100,
+            "valid_every": 20,
+            "init_output_bias": True,
+        },
+    },
+    "deep-nade-digits": {
+        "description": "order-agnostic DeepNADE (2 hidden layers of 200) on the embedded digits, "
+        "under a minute: one network for every ordering, so completion of any mask is exact "
+        "(`chainrule complete --occlude checkerboard`)",
+        "model": "deep-nade",
+        "data": "digits",
+        "options": {"hidden": 200, "layers": 2},
+        "train": {"lr": 2e-3, "epochs": 150, "patience": 20, "init_output_bias": True},
+        "result": {
+            "test_nll_nats": 18.310,
+            "source": "this recipe, 2026-11-27: early stop after 115 epochs (weights of epoch "
+            "95) in 39 s on one thread; NADE, one fixed ordering, gives 17.217",
+        },
+    },
     "rnade-mnist": {
         "description": "RNADE (H=100, 5 Gaussians) on dequantized MNIST, 8 minutes "
         "(the README's RNADE row)",
