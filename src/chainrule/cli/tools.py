@@ -193,9 +193,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(
             f"subsets: at most {args.max_images} images of each set, drawn at random with seed {args.seed}"
         )
-    print(
-        f"complexity score: NLL in bits minus the {args.compressor.upper()} code length (Serra et al. 2020)"
-    )
+    if "complexity" in scores:
+        print(
+            f"complexity score: NLL in bits minus the {args.compressor.upper()} code length "
+            "(Serra et al. 2020)"
+        )
     print(det.table())
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
