@@ -22,6 +22,11 @@ TINY_OPTIONS: dict[str, dict] = {
     "deep-nade": {"hidden": 5, "layers": 2},
 }
 
+# The tests' tensors are tiny: a second intra-op thread only adds synchronisation, which on a
+# shared machine makes them many times slower (a causality check: 0.2 s on one thread, 2.2 s on
+# two under load). Subprocesses the tests start set OMP_NUM_THREADS=1 likewise.
+torch.set_num_threads(1)
+
 DATA_DIR = Path(
     os.environ.get("CHAINRULE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
