@@ -572,6 +572,9 @@ def test_20_same_seed_threads_and_machine_give_the_same_run_and_it_is_recorded(c
 #: a child whose first output write stops half way with Ctrl-C (SIGINT to itself)
 CTRL_C_IN_WRITE = """
 import os, signal, sys
+# Python leaves SIGINT ignored when it starts ignored (a test run from a background job): as on
+# a terminal, Ctrl-C must raise KeyboardInterrupt here
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import chainrule.outputs as O
 real = O._write_all
 def write_all(fd, data):
