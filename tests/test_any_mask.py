@@ -297,3 +297,8 @@ def test_visible_log_prob_is_the_marginal(name):
     else:
         with pytest.raises(ValueError, match="order-agnostic"):
             check_visible_mask(model, right)
+
+
+def test_made_refuses_member_orderings_it_would_not_train():
+    with pytest.raises(ValueError, match="order-agnostic training"):
+        build("made", {"member_orderings": "own", "order_agnostic": False})

@@ -69,6 +69,11 @@ class MADEConfig(OrderAgnosticConfig):
         check_choice(self.member_orderings, "member_orderings", MEMBER_ORDERINGS)
         if not isinstance(self.order_agnostic, bool):
             raise ValueError(f"order_agnostic must be true or false, got {self.order_agnostic!r}")
+        if self.member_orderings == "own" and not self.order_agnostic:
+            raise ValueError(
+                "member_orderings own gives the members orderings of their own, which only "
+                "order-agnostic training trains: set order_agnostic true, or member_orderings shared"
+            )
 
 
 def hidden_degrees(d: int, hidden: int, layers: int, generator: torch.Generator | None):
