@@ -126,7 +126,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             "source": "this recipe, 2026-11-27: 164.5 epochs in the 60 minutes, one thread of "
             "the shared 2 cores under load 4-9; one mask alone 121.8 (member 0; all 32 within "
             "120.9-123.1), 2 masks 119.0, 8 masks 115.2 (benchmarks/any_order.py); the MADE "
-            "paper's 86.64 took far longer training",
+            "paper reports 86.64, a gap not yet explained",
         },
     },
     "deep-nade-digits": {
