@@ -174,6 +174,21 @@ def sample_truncated_mixture(params: Tensor, u: Tensor, u2: Tensor, components: 
     return (mu + sigma * y).clamp(0.0, 1.0).to(params.dtype)
 
 
+@torch.no_grad()
+def frequency_bias(x: Tensor, levels: int) -> Tensor:
+    """The output bias that makes an untrained model the independent-pixel fit of ``x``
+    ``(N, D)`` (whole numbers ``0..K-1``): per dimension, the logit of the frequency of ones
+    (binary, ``(D, 1)``) or the log-frequency of each level (``(D, K)``), with half a count added
+    to every level. float64, on the CPU."""
+    x = x.long().cpu()
+    counts = torch.zeros(x.shape[1], levels, dtype=torch.float64)
+    for i in range(0, len(x), 4096):
+        chunk = x[i : i + 4096].T
+        counts.scatter_add_(1, chunk, torch.ones(chunk.shape, dtype=torch.float64))
+    f = ((counts + 0.5) / (counts.sum(1, keepdim=True) + 0.5 * levels)).log()
+    return (f[:, 1] - f[:, 0]).unsqueeze(1) if levels == 2 else f
+
+
 def head_for(levels: int | None, components: int = 1, truncated: bool = False):
     """The output head for data with ``levels`` discrete levels (None: real values; a mixture
     of ``components`` Gaussians, ``truncated`` to [0, 1] or not)."""

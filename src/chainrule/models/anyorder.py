@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import sampling
-from ..distributions import head_for
+from ..distributions import frequency_bias, head_for
 from ..orderings import check_ordering_spec, resolve_ordering
 from .base import AutoregressiveModel
 from .options import check_choice, check_int, ordering_field
@@ -84,18 +84,6 @@ class OrderAgnosticConfig:
         return 3
 
 
-@torch.no_grad()
-def log_frequencies(x: Tensor, levels: int) -> Tensor:
-    """Per-dimension log-frequencies of each level in ``x`` ``(N, D)`` (whole numbers), with
-    half a count added to every level: ``(D, K)`` float64."""
-    x = x.long().cpu()
-    counts = torch.zeros(x.shape[1], levels, dtype=torch.float64)
-    for i in range(0, len(x), 4096):
-        chunk = x[i : i + 4096].T
-        counts.scatter_add_(1, chunk, torch.ones(chunk.shape, dtype=torch.float64))
-    return ((counts + 0.5) / (counts.sum(1, keepdim=True) + 0.5 * levels)).log()
-
-
 class OutputLayer(nn.Module):
     """Hidden units ``(..., H)`` -> head parameters of every dimension ``(..., D, P)``.
 
@@ -134,9 +122,7 @@ class OutputLayer(nn.Module):
     @torch.no_grad()
     def init_bias(self, x: Tensor) -> None:
         """The data's per-dimension log-frequencies (binary: logits of the means)."""
-        f = log_frequencies(x, self.levels)
-        bias = (f[:, 1] - f[:, 0]).unsqueeze(1) if self.levels == 2 else f
-        self.bias.copy_(bias.to(self.bias))
+        self.bias.copy_(frequency_bias(x, self.levels).to(self.bias))
 
 
 class OrderAgnosticModel(AutoregressiveModel):

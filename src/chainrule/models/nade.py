@@ -58,6 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import sampling
+from ..distributions import frequency_bias
 from ..orderings import check_ordering_spec, resolve_ordering
 from .base import canonical_impl
 from .options import check_choice, check_int, check_nonnegative, ordering_field
@@ -330,17 +331,7 @@ class NADE(DiscreteOrderedModel):
         """Set the output biases to the data's per-pixel log-frequencies (binary: the logit of
         each pixel's mean), so that the untrained model is the independent-pixel fit and its
         samples have the data's density of ones; a trainer hook for recipes."""
-        x = self.check_images(x).flatten(1).long()  # (N, D)
-        counts = torch.zeros(self.dim, self.levels, dtype=torch.float64)
-        for i in range(0, len(x), 4096):
-            counts.scatter_add_(
-                1, x[i : i + 4096].T.cpu(), torch.ones(x[i : i + 4096].T.shape, dtype=torch.float64)
-            )
-        freq = (counts + 0.5) / (counts.sum(1, keepdim=True) + 0.5 * self.levels)
-        if self.levels == 2:
-            bias = (freq[:, 1].log() - freq[:, 0].log()).unsqueeze(1)
-        else:
-            bias = freq.log()
+        bias = frequency_bias(self.check_images(x).flatten(1), self.levels)
         self.bias_out.copy_(bias.to(self.bias_out))
 
     # ------------------------------------------------------------------ pieces
