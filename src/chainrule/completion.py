@@ -155,9 +155,9 @@ def conditional_log_likelihood(model: AutoregressiveModel, x: Tensor, mask: Tens
 def is_prefix(mask: Tensor, order: Tensor) -> bool:
     """Whether the given dimensions (``mask`` ``(C, H, W)`` or ``(n, C, H, W)``, True = given)
     come first in the ordering ``order`` ``(D,)`` for every image."""
-    m = mask.reshape(-1, order.numel())[:, order.to(mask.device)]
-    free_seen = torch.cumsum((~m).to(torch.int64), dim=1) > 0
-    return not bool((free_seen & m).any())
+    from .sampling import is_prefix as flat_is_prefix
+
+    return flat_is_prefix(mask.reshape(-1, order.numel()), order.to(mask.device))
 
 
 def given_first_ordering(mask: Tensor) -> list[int]:
@@ -171,12 +171,10 @@ def given_first_ordering(mask: Tensor) -> list[int]:
         raise ValueError(
             f"mask must be a (C, H, W) boolean tensor, got {mask.dtype} of shape {tuple(mask.shape)}"
         )
-    from .orderings import raster_order
+    from .orderings import given_first, raster_order
 
     c, h, w = mask.shape
-    order = raster_order((c, h, w))
-    m = mask.flatten()[order]
-    return torch.cat([order[m], order[~m]]).tolist()
+    return given_first(raster_order((c, h, w)), mask).tolist()
 
 
 def nade_given_first(model: AutoregressiveModel, mask: Tensor) -> AutoregressiveModel:

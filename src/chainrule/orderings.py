@@ -71,6 +71,13 @@ def check_ordering_spec(spec: Any) -> None:
         )
 
 
+def given_first(order: Tensor, mask: Tensor) -> Tensor:
+    """The ordering that visits the dimensions where ``mask`` (flat ``(D,)`` booleans, True =
+    given) is True first, then the others, each part in the relative order of ``order``."""
+    given = mask.reshape(-1).to(order.device)[order]
+    return torch.cat([order[given], order[~given]])
+
+
 def inverse(order: Tensor) -> Tensor:
     """The position of each flat index in the ordering: ``inv[order[i]] = i``."""
     inv = torch.empty_like(order)

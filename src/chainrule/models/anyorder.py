@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .. import sampling
 from ..distributions import frequency_bias, head_for
-from ..orderings import check_ordering_spec, resolve_ordering
+from ..orderings import check_ordering_spec, given_first, resolve_ordering
 from .base import AutoregressiveModel
 from .options import check_choice, check_int, ordering_field
 
@@ -188,8 +188,7 @@ class OrderAgnosticModel(AutoregressiveModel):
                 f"mask must be a boolean tensor of {self.dim} values (one image, "
                 f"{self.event_shape}), got dtype {m.dtype} and shape {tuple(m.shape)}"
             )
-        given_in_order = m.reshape(-1).to(self.order.device)[self.order]
-        return torch.cat([self.order[given_in_order], self.order[~given_in_order]])
+        return given_first(self.order, m)
 
     # ------------------------------------------------------------------ densities
     def log_prob(self, x: Tensor, ordering: Any = None) -> Tensor:
