@@ -134,7 +134,7 @@ def conditional_log_likelihood(model: AutoregressiveModel, x: Tensor, mask: Tens
     """log p(hidden | visible) in nats of each completed image ``x`` ``(N, C, H, W)``, exactly:
     ``log_prob(x, ordering=ordering_for(mask)) - log_prob_observed(x, mask)`` (an order-agnostic
     model; ``mask`` ``(C, H, W)`` or ``(N, C, H, W)``, True = visible). ``(N,)``."""
-    from .models.anyorder import OrderAgnosticModel
+    from .models.anyorder import OrderAgnosticModel, mask_groups
 
     if not isinstance(model, OrderAgnosticModel):
         raise ValueError(
@@ -143,12 +143,10 @@ def conditional_log_likelihood(model: AutoregressiveModel, x: Tensor, mask: Tens
         )
     x = model.check_images(x)
     mask = torch.broadcast_to(torch.as_tensor(mask).to(x.device), x.shape)
-    rows, groups = torch.unique(mask.flatten(1), dim=0, return_inverse=True)
     out = x.new_empty(x.shape[0])
-    for g in range(rows.shape[0]):
-        r = (groups == g).nonzero()[:, 0]
-        order = model.ordering_for(rows[g])
-        out[r] = model.log_prob(x[r], ordering=order) - model.log_prob_observed(x[r], rows[g])
+    for row, r in mask_groups(mask.flatten(1)):
+        order = model.ordering_for(row)
+        out[r] = model.log_prob(x[r], ordering=order) - model.log_prob_observed(x[r], row)
     return out
 
 

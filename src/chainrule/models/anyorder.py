@@ -84,6 +84,14 @@ class OrderAgnosticConfig:
         return 3
 
 
+def mask_groups(mask: Tensor):
+    """The images ``(n,)`` grouped by their mask ``(n, D)``: yields ``(row, index)``, each
+    distinct mask ``(D,)`` and the indices of the images that have it."""
+    rows, groups = torch.unique(mask, dim=0, return_inverse=True)
+    for g in range(rows.shape[0]):
+        yield rows[g], (groups == g).nonzero()[:, 0]
+
+
 class OutputLayer(nn.Module):
     """Hidden units ``(..., H)`` -> head parameters of every dimension ``(..., D, P)``.
 
@@ -109,15 +117,16 @@ class OutputLayer(nn.Module):
             w, b = w[rows], b[rows]
         if mask is not None:
             w = w * mask.unsqueeze(1).to(w.dtype)
-        pre = torch.einsum("...h,dmh->...dm", h, w)
-        return pre + b if self.levels == 2 else pre @ self.embed.T + b
+        return self.finish(torch.einsum("...h,dmh->...dm", h, w), b)
 
     def per_step(self, h: Tensor, order: Tensor) -> Tensor:
         """``h`` ``(B, k, H)``: step ``i``'s hidden units -> ``(B, k, P)`` the parameters of
         dimension ``order[i]`` alone at each step (one row of V per step)."""
-        w, b = self.weight[order], self.bias[order]
-        pre = torch.einsum("bkh,kmh->bkm", h, w)
-        return pre + b if self.levels == 2 else pre @ self.embed.T + b
+        return self.finish(torch.einsum("bkh,kmh->bkm", h, self.weight[order]), self.bias[order])
+
+    def finish(self, pre: Tensor, bias: Tensor) -> Tensor:
+        """Pre-outputs ``(..., M)`` and biases ``(..., P)`` -> head parameters ``(..., P)``."""
+        return pre + bias if self.levels == 2 else pre @ self.embed.T + bias
 
     @torch.no_grad()
     def init_bias(self, x: Tensor) -> None:
@@ -163,6 +172,10 @@ class OrderAgnosticModel(AutoregressiveModel):
         """K (the family is discrete)."""
         assert self.levels is not None
         return self.levels
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """Values as the network takes them: binary as they are, K levels scaled to [0, 1]."""
+        return x if self.levels == 2 else x / (self.discrete_levels - 1)
 
     @property
     def members(self) -> int:
@@ -249,11 +262,9 @@ class OrderAgnosticModel(AutoregressiveModel):
             raise ValueError(
                 f"mask of shape {tuple(m.shape)} does not broadcast to {tuple(x.shape)}"
             ) from None
-        rows, groups = torch.unique(m, dim=0, return_inverse=True)
         out = x.new_empty(x.shape[0])
-        for g in range(rows.shape[0]):
-            r = (groups == g).nonzero()[:, 0]
-            lp = self.member_log_probs_observed(x[r], rows[g])
+        for row, r in mask_groups(m):
+            lp = self.member_log_probs_observed(x[r], row)
             n_e = lp.shape[1]
             out[r] = lp[:, 0] if n_e == 1 else torch.logsumexp(lp, 1) - math.log(n_e)
         return out
@@ -301,20 +312,19 @@ class OrderAgnosticModel(AutoregressiveModel):
             u = sampling.draw_uniforms(n, (1,), generator, device=self._device)[:, 0]
             return (u * n_e).long().clamp_(max=n_e - 1)
         n_e = self.members if self.members_differ_in_network else 1
-        m = mask.flatten(1)
-        rows, groups = torch.unique(m, dim=0, return_inverse=True)
-        orders = [self.ordering_for(rows[g]) for g in range(rows.shape[0])]
-        member = torch.zeros(n, dtype=torch.int64, device=m.device)
+        groups = list(mask_groups(mask.flatten(1)))
+        comp = torch.zeros(n, dtype=torch.int64, device=mask.device)  # each image's mask group
+        logw = torch.zeros(n, n_e, dtype=torch.float64, device=mask.device)
+        for g, (row, r) in enumerate(groups):
+            comp[r] = g
+            if n_e > 1:
+                logw[r] = self.member_log_probs_observed(given[r], row).double()
         if n_e > 1:
             u = sampling.draw_uniforms(n, (1,), generator, device=self._device)[:, 0]
-            logw = torch.zeros(n, n_e, dtype=torch.float64, device=m.device)
-            for g in range(rows.shape[0]):
-                r = (groups == g).nonzero()[:, 0]
-                logw[r] = self.member_log_probs_observed(given[r], rows[g]).double()
             cdf = torch.softmax(logw, 1).cumsum(1)
-            member = (cdf[:, :-1] <= u[:, None].double()).sum(1)
-        keys = [Part(e, orders[g]) for g in range(len(orders)) for e in range(n_e)]
-        return groups * n_e + member, keys
+            comp = comp * n_e + (cdf[:, :-1] <= u[:, None].double()).sum(1)
+        keys = [Part(e, self.ordering_for(row)) for row, _ in groups for e in range(n_e)]
+        return comp, keys
 
 
 class RunningDecoder:

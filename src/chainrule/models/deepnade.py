@@ -75,9 +75,6 @@ class DeepNADE(OrderAgnosticModel):
     def member_order(self, member: int) -> Tensor:
         return self.orders[member]
 
-    def inputs(self, x: Tensor) -> Tensor:
-        return x if self.levels == 2 else x / (self.discrete_levels - 1)
-
     def top(self, a: Tensor) -> Tensor:
         """First-layer activations ``(..., H)`` -> the last hidden layer."""
         act = self.config.activation

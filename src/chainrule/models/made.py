@@ -141,9 +141,6 @@ class MADE(OrderAgnosticModel):
         masks.append(in_deg[:, None] > degs[-1][None, :])
         return masks
 
-    def inputs(self, x: Tensor) -> Tensor:
-        return x if self.levels == 2 else x / (self.discrete_levels - 1)
-
     def hidden(self, x: Tensor, masks: list[Tensor]) -> Tensor:
         """The last hidden layer, ``(B, D) -> (B, H)``."""
         h = self.inputs(x)
