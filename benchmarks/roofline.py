@@ -5,7 +5,7 @@ the ``paper-mnist`` presets; ``nade`` and ``made`` with H = 500), batch size (``
 default 64) and dtype (float32, and bf16 autocast on the CPU), on 28 x 28 binary images of the
 fixed binarized MNIST:
 
-* ``train``: one training step, what the trainer does (``training_nll_sum``, backward, Adam);
+* ``train``: one training step, what the trainer does (``-model.training_log_prob(x).sum()``, backward, Adam);
 * ``eval``: ``model.log_prob(x)`` under ``torch.no_grad()``.
 
 Reported per row: images/s (median over ``--repeats`` interleaved rounds), GFLOP per image
@@ -57,7 +57,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import chainrule  # noqa: E402
 from chainrule.models.pixelrnn import PRESETS, preset_options  # noqa: E402
-from chainrule.training.trainer import training_nll_sum  # noqa: E402
 
 MODELS = ("pixelcnn", "row-lstm", "diagonal-bilstm", "nade", "made")
 DTYPES = ("float32", "bf16")
@@ -165,7 +164,7 @@ def autocast(dtype: str):
 def train_step(model, opt, x: torch.Tensor, dtype: str) -> None:
     model.train()
     with autocast(dtype):
-        nll_sum = training_nll_sum(model, x)
+        nll_sum = -model.training_log_prob(x).sum()
     opt.zero_grad(set_to_none=True)
     (nll_sum.float() / len(x)).backward()  # the trainer's step: float32 loss under bf16
     opt.step()
@@ -212,7 +211,7 @@ def count_flops(model, x: torch.Tensor) -> dict[str, float]:
     """FLOPs per image: the training step's forward + backward, and evaluation's forward."""
     model.train()
     with counter() as fc:
-        (training_nll_sum(model, x) / len(x)).backward()
+        (-model.training_log_prob(x).sum() / len(x)).backward()
     train = fc.get_total_flops()
     model.zero_grad(set_to_none=True)
     model.eval()

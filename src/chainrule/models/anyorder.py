@@ -163,9 +163,6 @@ class OrderAgnosticModel(AutoregressiveModel):
         steps (all D by default), under ensemble member ``member``."""
         raise NotImplementedError
 
-    def training_log_prob(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
     # ------------------------------------------------------------------ orderings
     @property
     def discrete_levels(self) -> int:

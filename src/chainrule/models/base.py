@@ -124,6 +124,12 @@ class AutoregressiveModel(nn.Module):
         synchronisation. For trainers, which check a data set once when it is loaded."""
         return self._conditional_log_probs(x).flatten(1).sum(1)
 
+    def training_log_prob(self, x: Tensor) -> Tensor:
+        """What training maximizes, ``(B,)`` for checked images: the exact log p(x)
+        (:meth:`log_prob_unchecked`), or a model's own stochastic objective (the order-agnostic
+        models: an unbiased estimate of the mean log-likelihood over orderings and masks)."""
+        return self.log_prob_unchecked(x)
+
     def conditional_log_probs(self, x: Tensor) -> Tensor:
         """log p(x_i | x_<i) for every dimension, laid out like the image.
 

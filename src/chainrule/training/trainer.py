@@ -100,15 +100,7 @@ class _NLLSum(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return training_nll_sum(self.model, x)
-
-
-def training_nll_sum(model: AutoregressiveModel, x: torch.Tensor) -> torch.Tensor:
-    """What a training step minimizes: ``-sum log p(x)``, or, for a model that defines
-    ``training_log_prob`` (the order-agnostic ones), the negated sum of that stochastic
-    estimate of the mean log-likelihood over orderings and masks."""
-    objective = getattr(model, "training_log_prob", None) or model.log_prob_unchecked
-    return -objective(x).sum()
+        return -self.model.training_log_prob(x).sum()
 
 
 def _summarize(
@@ -649,7 +641,7 @@ class Trainer:
             else contextlib.nullcontext()
         )
         with autocast:
-            nll_sum = self.net(local) if d.enabled else training_nll_sum(model, local)
+            nll_sum = self.net(local) if d.enabled else -model.training_log_prob(local).sum()
         loss = (
             nll_sum.detach().double()
             if weight
