@@ -448,7 +448,15 @@ def test_every_numeric_train_option_is_checked_before_training(
 
 
 @pytest.mark.parametrize(
-    "flag,value", [("--epochs", "x"), ("--device", "tpu"), ("--dtype", "float16"), ("--lr", "fast")]
+    "flag,value",
+    [
+        ("--epochs", "x"),
+        ("--device", "tpu"),
+        ("--dtype", "float16"),
+        ("--lr", "fast"),
+        ("--budget-clock", "gpu"),
+        ("--weight-decay", "much"),
+    ],
 )
 def test_unparseable_train_options_are_usage_errors(flag, value, capsys):
     from chainrule.cli import main

@@ -439,17 +439,43 @@ def test_13_a_terminal_gets_bars(finished, capsys, monkeypatch):
 
 
 # ---------------------------------------------------------------------- 14. budget per step
-def test_14_the_time_budget_is_checked_after_every_step(capsys, tmp_path):
+def test_14_the_time_budget_is_checked_after_every_step(capsys, tmp_path, monkeypatch):
+    import itertools
+    import time
+
+    # a wall clock that gains a second at every reading, so that the 0.5-minute budget ends
+    # within the first epoch (1257 steps of batch 1) whatever the load of the machine
+    ticks = itertools.count()
+    monkeypatch.setattr(time, "perf_counter", lambda: 1.0 * next(ticks))
     run_dir = tmp_path / "r"
-    # batch 1 over all 1257 images: an epoch of 1257 steps, far longer than the 0.6 s budget
     code, out, err = run(capsys, "train", *SLOW, "--batch-size", "1", "--max-train", "1257",
-                         "--epochs", "5", "--time-budget", "0.01", "--out", run_dir)  # fmt: skip
+                         "--epochs", "5", "--time-budget", "0.5", "--out", run_dir)  # fmt: skip
     assert code == 0, err
     result = json.loads((run_dir / "result.json").read_text())
     assert result["stop_reason"] == "time budget" and 0 < result["epochs"] < 1
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["partial"] is True and rows[-1]["epoch"] == result["epochs"]
     assert "within epoch 1" in err
+
+
+def test_14_the_time_budget_can_count_cpu_time(capsys, tmp_path, monkeypatch):
+    """--budget-clock cpu: the budget, the schedule and the reported seconds follow the
+    process's CPU time (a fake CPU clock that races ahead stops the run at once; the wall
+    clock would have let the 0.5-minute budget run the whole epoch)."""
+    import itertools
+    import time
+
+    ticks = itertools.count()
+    monkeypatch.setattr(time, "process_time", lambda: 20.0 * next(ticks))
+    run_dir = tmp_path / "r"
+    code, out, err = run(capsys, "train", *SLOW, "--batch-size", "1", "--max-train", "1257",
+                         "--epochs", "1", "--time-budget", "0.5", "--budget-clock", "cpu",
+                         "--out", run_dir)  # fmt: skip
+    assert code == 0, err
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["stop_reason"] == "time budget" and result["clock"] == "cpu"
+    assert 0 < result["epochs"] < 0.05 and result["seconds"] >= 30
+    assert re.search(r"epochs? in [\d.]+ CPU s on", out)
 
 
 # ---------------------------------------------------------------------- 15. the summary

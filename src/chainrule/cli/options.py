@@ -158,7 +158,7 @@ def option_flag(args: argparse.Namespace, key: str) -> str:
 
 # ---------------------------------------------------------------------- training flags
 #: TrainConfig fields the CLI does not expose (--quiet sets `progress`)
-TRAIN_HIDDEN = {"progress", "num_samples", "eval_batch_size", "weight_decay"}
+TRAIN_HIDDEN = {"progress", "num_samples", "eval_batch_size"}
 #: flag names that differ from the field's
 TRAIN_FLAG_NAMES = {"time_budget_min": "time_budget"}
 #: numeric fields whose flag refuses 0 (the others take any value >= 0)
@@ -183,6 +183,8 @@ TRAIN_HELP_FALLBACK = {
     "lr": "Adam learning rate",
     "seed": "random seed: the same seed, thread count and machine give the same run",
     "patience": "stop after this many epochs without a better valid NLL (0: never)",
+    "weight_decay": "L2 penalty on every weight, added to the gradient (Adam's weight_decay; "
+    "a regularizer for models that overfit, such as MADE and NADE on MNIST)",
     "grad_clip": "clip the gradient norm to this (0: off)",
     "lr_schedule": "learning-rate schedule; cosine decays to 0 over --epochs, cosine-time over "
     "--time-budget (step by step)",

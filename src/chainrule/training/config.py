@@ -43,6 +43,18 @@ class TrainConfig:
     closed_form: bool = False  # fit by counting (models with a `fit` method) instead of Adam
     max_train: int = 0  # use only N training images, a random subset (0: all)
     time_budget_min: float = 0.0  # stop after this many minutes of training (0: no budget)
+    #: what the time budget (and cosine-time, and the reported seconds) counts: "wall" clock
+    #: time, or the process's "cpu" time (all threads: on a shared machine a run then gets the
+    #: same computation whatever the load beside it)
+    budget_clock: str = field(
+        default="wall",
+        metadata={
+            "choices": ["wall", "cpu"],
+            "help": "what --time-budget counts: wall-clock minutes, or CPU minutes of this "
+            "process (all threads together: two threads spend a CPU minute in 30 s; a run on a "
+            "loaded machine then does the same work, only later)",
+        },
+    )
     num_samples: int = 64  # images drawn for samples.png
     progress: bool = True
     checkpoint_every: int = 0  # also save the training state every N steps (0: not by steps)
@@ -92,6 +104,8 @@ class TrainConfig:
             raise ValueError(
                 f"lr_schedule must be 'constant', 'cosine' or 'cosine-time', got {self.lr_schedule!r}"
             )
+        if self.budget_clock not in ("wall", "cpu"):
+            raise ValueError(f"budget_clock must be wall or cpu, got {self.budget_clock!r}")
         if self.lr_schedule == "cosine-time" and not self.time_budget_min:
             raise ValueError("lr_schedule cosine-time needs a time budget (--time-budget MIN)")
         if not isinstance(self.device, str) or (

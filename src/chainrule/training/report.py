@@ -26,8 +26,9 @@ def describe_result(result: dict, dim: int) -> str:
             else ""
         ),
         f"model {result['model']} ({result['num_parameters']:,} parameters) on {result['data']}, "
-        f"{result['epochs']:g} epoch{'s' if result['epochs'] != 1 else ''} in {result['seconds']:.1f} s "
-        f"on {where}{threads}" + (f"; {why}" if why else ""),
+        f"{result['epochs']:g} epoch{'s' if result['epochs'] != 1 else ''} in {result['seconds']:.1f} "
+        f"{'CPU ' if result.get('clock') == 'cpu' else ''}s on {where}{threads}"
+        + (f"; {why}" if why else ""),
     ]
     if result.get("data_caveat"):
         lines.append(f"note: {result['data_caveat']}")

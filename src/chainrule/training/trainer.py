@@ -212,7 +212,7 @@ class Trainer:
     the group), ``run`` (the :class:`RunFolder` read on resume, or None), ``writer`` (the same,
     on rank 0 only: the process that writes), ``opt``, ``counters`` (epoch, step, best valid
     NLL, ... as saved in the state file), ``metrics`` (the rows of metrics.jsonl), ``budget``
-    (seconds of the whole run, or None) and ``start`` (``time.perf_counter()`` minus the seconds
+    (seconds of the whole run, or None) and ``start`` (``self.clock()``, wall or CPU time, minus the seconds
     of earlier sessions of this run).
 
     Args:
@@ -275,7 +275,9 @@ class Trainer:
         self.metrics: list[dict] = []
         self.best_state: dict[str, torch.Tensor] | None = None
         self.budget = 60 * cfg.time_budget_min if cfg.time_budget_min else None
-        self.start = time.perf_counter()
+        #: the budget's clock: wall time, or the process's CPU time (--budget-clock cpu)
+        self.clock = time.process_time if cfg.budget_clock == "cpu" else time.perf_counter
+        self.start = self.clock()
         self.epochs_done: float = 0
         self.stop_reason = "epochs"
         self._signal: _StopSignal | None = None
@@ -323,7 +325,7 @@ class Trainer:
                 "rank 0 cannot use the run folder (see its message); stopped"
             )
         torch.manual_seed(cfg.seed)
-        self.start = time.perf_counter()
+        self.start = self.clock()
         if self.writer is not None and not self.resume:
             self.writer.write_config(model, cfg, self.splits.name, d.world, self.run_info)
 
@@ -341,7 +343,7 @@ class Trainer:
                 "epoch": 1,
                 "train_nll": train_nll,
                 "valid_nll": valid["nll_nats"],
-                "seconds": time.perf_counter() - self.start,
+                "seconds": self.clock() - self.start,
             }
         )
         self.counters.update(best_valid=valid["nll_nats"], best_epoch=1)
@@ -379,7 +381,8 @@ class Trainer:
         if self.writer is not None:
             self.say(f"drawing {cfg.num_samples} samples for samples.png")
             result["files"] = self.writer.write_pictures(model, splits, self.metrics, cfg)
-        result["seconds"] = round(time.perf_counter() - self.start, 2)  # resumes included
+        result["seconds"] = round(self.clock() - self.start, 2)  # resumes included
+        result["clock"] = self.cfg.budget_clock  # what "seconds" counts: wall or CPU time
         if self.writer is not None:
             self.writer.write_result(result)
         return result
@@ -512,7 +515,7 @@ class Trainer:
 
     def over_budget(self) -> bool:
         """This process's clock has passed the time budget."""
-        return self.budget is not None and time.perf_counter() - self.start > self.budget
+        return self.budget is not None and self.clock() - self.start > self.budget
 
     def _stops_before(self, epoch: int) -> bool:
         """Before epoch ``epoch``: the patience is spent, or the time budget (rank 0 decides)."""
@@ -536,7 +539,7 @@ class Trainer:
         if self.writer is None:
             return
         if seconds is None:
-            seconds = time.perf_counter() - self.start
+            seconds = self.clock() - self.start
         counters = {**self.counters, **self.fingerprint, "seconds": seconds}
         self.writer.save_state(self.model, self.opt, counters, order)
 
@@ -609,7 +612,7 @@ class Trainer:
                 by_time = cfg.checkpoint_minutes and now - last_save >= 60 * cfg.checkpoint_minutes
                 if by_steps or by_time:
                     c.update(step=done, train_sum=total, train_count=count)
-                    self.checkpoint(order, seconds=now - self.start)
+                    self.checkpoint(order, seconds=self.clock() - self.start)
                     last_save = time.perf_counter()
         if hasattr(bar, "close"):
             bar.close()
@@ -658,9 +661,7 @@ class Trainer:
                 f"the loss became {s / n:g} at epoch {epoch + 1}, batch {b + 1}; training stopped "
                 f"and the last good checkpoint is kept. Try a smaller --lr"
             )
-        lr_now = schedules.step_lr(
-            cfg.lr_schedule, cfg.lr, time.perf_counter() - self.start, self.budget
-        )
+        lr_now = schedules.step_lr(cfg.lr_schedule, cfg.lr, self.clock() - self.start, self.budget)
         opt = self._adam()
         if lr_now is not None:
             for group in opt.param_groups:
@@ -701,7 +702,7 @@ class Trainer:
             "valid_nll": valid["nll_nats"] if valid else None,
             "valid_bits_per_dim": valid["bits_per_dim"] if valid else None,
             "lr": self._adam().param_groups[0]["lr"],
-            "seconds": time.perf_counter() - self.start,
+            "seconds": self.clock() - self.start,
             **({"partial": True} if partial else {}),
         }
         self.metrics.append(row)
