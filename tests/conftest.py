@@ -18,7 +18,7 @@ TINY_OPTIONS: dict[str, dict] = {
     "diagonal-bilstm": {"hidden": 3, "layers": 2},
     "nade": {"hidden": 5, "block": 2},
     "rnade": {"hidden": 5, "components": 2, "block": 2},
-    "made": {"hidden": 6, "layers": 2},
+    "made": {"hidden": 6, "layers": 2, "direct": True},
     "deep-nade": {"hidden": 5, "layers": 2},
 }
 

@@ -26,6 +26,7 @@ CASES = [
     ("made", {"hidden": 7, "layers": 2}),
     ("made", {"hidden": 6, "ensemble": 3, "masks": 3, "member_orderings": "own"}),
     ("made", {"hidden": 6, "ensemble": 2, "ordering": "random:3"}),
+    ("made", {"hidden": 5, "direct": True, "ensemble": 2, "masks": 2}),
     ("deep-nade", {"hidden": 6, "layers": 2}),
     ("deep-nade", {"hidden": 5, "ensemble": 3, "layers": 3, "activation": "sigmoid"}),
 ]
@@ -85,7 +86,7 @@ def test_marginal_is_the_sum_over_the_missing_values(name, opts, event_shape, le
             )
 
 
-@pytest.mark.parametrize("name,opts", CASES[:2] + CASES[3:4], ids=IDS[:2] + IDS[3:4])
+@pytest.mark.parametrize("name,opts", CASES[:2] + CASES[3:5], ids=IDS[:2] + IDS[3:5])
 def test_marginals_of_per_image_masks(name, opts):
     """Each image's own mask: equal to the same images scored mask by mask."""
     model = build(name, opts)
@@ -185,12 +186,14 @@ def test_ordering_for_puts_the_given_dimensions_first():
         model.ordering_for(torch.ones(5, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("layers", [1, 3])
-def test_made_masks_forbid_every_connection_to_a_later_input(layers):
+@pytest.mark.parametrize("layers,direct", [(1, False), (3, False), (2, True)])
+def test_made_masks_forbid_every_connection_to_a_later_input(layers, direct):
     """The Jacobian of each output with respect to the inputs is exactly zero outside the
     inputs that come earlier in the ordering, for every mask drawn (the members', and fresh
-    training draws under random orderings); and not zero everywhere inside it."""
-    model = build("made", {"hidden": 9, "layers": layers, "masks": 4}, (1, 2, 3), 3)
+    training draws under random orderings); and not zero everywhere inside it. With direct
+    connections, every allowed entry is used."""
+    opts = {"hidden": 9, "layers": layers, "masks": 4, "direct": direct}
+    model = build("made", opts, (1, 2, 3), 3)  # tiny(): every weight random, the direct too
     d = model.dim
     x = torch.randint(0, 3, (1, d)).double()
     draws = [(model.member_order(e), model.degrees(e)) for e in range(4)]
@@ -207,6 +210,8 @@ def test_made_masks_forbid_every_connection_to_a_later_input(layers):
         allowed = pos[None, :] < pos[:, None]
         assert jac[~allowed].abs().max().item() == 0.0
         used |= (jac != 0) & allowed
+        if direct:
+            assert (jac[allowed] != 0).all()
     assert used.any()
 
 

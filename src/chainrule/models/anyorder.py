@@ -98,7 +98,8 @@ class OutputLayer(nn.Module):
     Binary: one logit per dimension, ``V_d . h + b_d``. K levels: a softmax whose logits are
     ``E_out (V_d h) + b_d`` with ``V_d`` M x H, rank M around a per-dimension bias (as NADE).
     ``rows`` picks the dimensions to compute (a step's one dimension while sampling);
-    ``mask`` ``(D, H)`` zeroes the connections a MADE may not use.
+    ``mask`` ``(D, H)`` zeroes the connections a MADE may not use; ``extra`` ``(..., D, M)``
+    (or the rows') is added to the pre-outputs (MADE's direct connections).
     """
 
     def __init__(self, d: int, hidden: int, levels: int, embed_dim: int):
@@ -110,14 +111,21 @@ class OutputLayer(nn.Module):
         if levels > 2:
             self.embed = nn.Parameter(torch.randn(levels, self.m))
 
-    def forward(self, h: Tensor, mask: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        h: Tensor,
+        mask: Tensor | None = None,
+        rows: Tensor | None = None,
+        extra: Tensor | None = None,
+    ) -> Tensor:
         w: Tensor = self.weight
         b: Tensor = self.bias
         if rows is not None:
             w, b = w[rows], b[rows]
         if mask is not None:
             w = w * mask.unsqueeze(1).to(w.dtype)
-        return self.finish(torch.einsum("...h,dmh->...dm", h, w), b)
+        pre = torch.einsum("...h,dmh->...dm", h, w)
+        return self.finish(pre if extra is None else pre + extra, b)
 
     def per_step(self, h: Tensor, order: Tensor) -> Tensor:
         """``h`` ``(B, k, H)``: step ``i``'s hidden units -> ``(B, k, P)`` the parameters of

@@ -16,6 +16,10 @@ on the ordering, the same network gives an exact model for *any* ordering (see
 
 K levels: the input is the scaled value ``x / (K - 1)``; the outputs are rank-M softmax logits
 around a per-dimension bias (as NADE's).
+
+Direct connections (``direct``, as the MADE paper's MNIST models): every output also sees the
+earlier inputs through one masked weight each (an FVSBN inside the MADE), ``D x M x D`` more
+parameters; the nearest pixels then reach every output whatever the hidden degrees drawn.
 """
 
 from __future__ import annotations
@@ -58,6 +62,13 @@ class MADEConfig(OrderAgnosticConfig):
         },
     )
     mask_seed: int = field(default=0, metadata={"help": "seed of the members' masks"})
+    direct: bool = field(
+        default=False,
+        metadata={
+            "help": "direct masked connections from the inputs to the outputs, as the MADE "
+            "paper's MNIST models (D x M x D more weights)"
+        },
+    )
 
     def max_layers(self) -> int:
         return 5
@@ -67,8 +78,9 @@ class MADEConfig(OrderAgnosticConfig):
         for name in ("masks", "mask_seed"):
             check_int(getattr(self, name), name, 0)
         check_choice(self.member_orderings, "member_orderings", MEMBER_ORDERINGS)
-        if not isinstance(self.order_agnostic, bool):
-            raise ValueError(f"order_agnostic must be true or false, got {self.order_agnostic!r}")
+        for name in ("order_agnostic", "direct"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.member_orderings == "own" and not self.order_agnostic:
             raise ValueError(
                 "member_orderings own gives the members orderings of their own, which only "
@@ -108,6 +120,8 @@ class MADE(OrderAgnosticModel):
         self.biases = nn.ParameterList(
             [nn.Parameter(torch.zeros(hid)) for _ in range(config.layers)]
         )
+        if config.direct:  # output d, pre-output m <- input j (masked: j before d)
+            self.direct = nn.Parameter(torch.zeros(d, self.output.m, d))
         # training steps taken (cycles the fixed set of masks; saved, so resuming continues it)
         self.register_buffer("training_steps", torch.zeros((), dtype=torch.int64))
         self._degrees: dict[int, list[Tensor]] = {}
@@ -132,14 +146,21 @@ class MADE(OrderAgnosticModel):
 
     def masks_for(self, order: Tensor, degrees: list[Tensor]) -> list[Tensor]:
         """The connectivity masks of an ordering and hidden degrees: input -> layer 1,
-        layer l-1 -> l, ..., and last layer -> output ``(D, H)``; booleans."""
+        layer l-1 -> l, ..., last layer -> output ``(D, H)``, and with ``direct`` input ->
+        output ``(D, D)``; booleans."""
         dev = self.order.device
         in_deg = inverse(order).to(dev) + 1  # position of each dimension in the ordering, 1..D
         degs = [g.to(dev) for g in degrees]
         masks = [degs[0][:, None] >= in_deg[None, :]]
         masks += [degs[i][:, None] >= degs[i - 1][None, :] for i in range(1, len(degs))]
         masks.append(in_deg[:, None] > degs[-1][None, :])
+        if self.config.direct:
+            masks.append(in_deg[:, None] > in_deg[None, :])
         return masks
+
+    def direct_weight(self, mask: Tensor) -> Tensor:
+        """The masked direct weights ``(D, M, D)`` (output, pre-output, input)."""
+        return self.direct * mask[:, None, :].to(self.direct.dtype)
 
     def hidden(self, x: Tensor, masks: list[Tensor]) -> Tensor:
         """The last hidden layer, ``(B, D) -> (B, H)``."""
@@ -150,7 +171,11 @@ class MADE(OrderAgnosticModel):
 
     def forward_masks(self, x: Tensor, masks: list[Tensor]) -> Tensor:
         """All D conditionals' parameters, ``(B, D) -> (B, D, P)`` in the image layout."""
-        return self.output(self.hidden(x, masks), mask=masks[-1])
+        h, layers = self.hidden(x, masks), self.config.layers
+        extra = None
+        if self.config.direct:
+            extra = torch.einsum("bj,dmj->bdm", self.inputs(x), self.direct_weight(masks[-1]))
+        return self.output(h, mask=masks[layers], extra=extra)
 
     # ------------------------------------------------------------------ the family's hooks
     def step_params(self, x, order, member=0, steps=None):
@@ -185,20 +210,27 @@ class MADE(OrderAgnosticModel):
         """One masked column per told value; the layers above and one output row per step."""
         p = self._part(part)
         masks = self.masks_for(p.order, self.degrees(p.member))
+        n_layers = self.config.layers
         w1 = self.weights[0] * masks[0]  # (H, D)
-        layers = zip(self.weights[1:], self.biases[1:], masks[1:-1], strict=True)
+        layers = zip(self.weights[1:], self.biases[1:], masks[1:n_layers], strict=True)
         upper = [(w * m, b) for w, b, m in layers]
-        out_mask, act, scale = masks[-1], self.config.activation, self.inputs
+        out_mask, act, scale = masks[n_layers], self.config.activation, self.inputs
+        direct = self.direct_weight(masks[-1]) if self.config.direct else None
+        told = w1.new_zeros(n, self.dim)  # the scaled values told so far (direct connections)
 
         def column(d: int, value: Tensor) -> Tensor:
-            return scale(value)[:, None] * w1[:, d]
+            v = scale(value)
+            if direct is not None:
+                told[:, d] = v
+            return v[:, None] * w1[:, d]
 
         def top(a: Tensor, d: int) -> Tensor:
             h = activate(a, act)
             for w, b in upper:
                 h = activate(torch.addmm(b, h, w.T), act)
             rows = torch.tensor([d], device=h.device)
-            return self.output(h, mask=out_mask[rows], rows=rows)[:, 0]
+            extra = None if direct is None else (told @ direct[d].T)[:, None]
+            return self.output(h, mask=out_mask[rows], rows=rows, extra=extra)[:, 0]
 
         return RunningDecoder(self.biases[0].expand(n, -1).clone(), p.order, column, top)
 
