@@ -197,7 +197,9 @@ TRAIN_HELP_FALLBACK = {
     "every --checkpoint-minutes, and on Ctrl-C)",
     "checkpoint_minutes": "save the training state at least every MIN minutes within an epoch "
     "(0: off)",
-    "bf16": "bf16 autocast for training (meant for CUDA)",
+    "bf16": "bf16 autocast for training (weights, Adam and NLLs stay float32): faster on CUDA "
+    "and on CPUs with bf16 matrix units (AMX / AVX512-BF16); slower on other CPUs (the run says "
+    "which this one is)",
     "dtype": "the weights' dtype",
     "init_output_bias": "start the output biases at the data's per-pixel log-frequencies (NADE)",
 }

@@ -59,7 +59,7 @@ class TrainConfig:
     progress: bool = True
     checkpoint_every: int = 0  # also save the training state every N steps (0: not by steps)
     checkpoint_minutes: float = 5.0  # ... and at least every M minutes within an epoch (0: off)
-    bf16: bool = False  # bf16 autocast for the training forward/backward (CUDA)
+    bf16: bool = False  # bf16 autocast for the training forward/backward (CUDA, or bf16 CPUs)
     dtype: str = ""  # "float32" or "float64": cast the model first ("": keep its dtype)
     #: a start-of-run hook (chainrule.training.hooks): output biases at the data's
     #: log-frequencies, on fresh runs

@@ -16,8 +16,9 @@ Several processes (``torchrun``): see :mod:`chainrule.distributed`. ``batch_size
 *global* batch, split over the processes, so one process and N processes take the same steps.
 
 Devices: ``device`` auto/cpu/cuda; ``bf16`` runs the training forward and backward under bf16
-autocast (meant for CUDA; the weights, the optimizer and every reported NLL stay in the model's
-dtype). Checkpoints are written from CPU copies and load on any device.
+autocast, on CUDA or on the CPU (where it pays only with bf16 matrix units: the run says whether
+this CPU has them, :mod:`chainrule.training.bf16`); the weights, the optimizer and every
+reported NLL stay in the model's dtype. Checkpoints are written from CPU copies and load on any device.
 
 The training step synchronises with the host once: to read the batch's loss (summed over the
 processes together with the stop flags), which the non-finite check and the log need.
@@ -407,6 +408,10 @@ class Trainer:
         if not self.resume and cfg.hooks():
             run_start_hooks(cfg.hooks(), model, self.train_x.to(device))
         self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.bf16 and d.is_main:  # said even under --quiet: it may be a warning
+            from .bf16 import bf16_note
+
+            _log(bf16_note(device))
         if self.resume:
             order = self._load()
         else:
