@@ -486,12 +486,14 @@ class NADEDecoder:
         if self.binary:
             w, v, bias = w[:, 0], v[:, 0], bias[:, 0]
         self.w, self.v, self.bias = w, v, bias
+        # each step's rows as views made once (indexing a row per step costs a dispatch each)
+        self.w_rows, self.v_rows, self.bias_rows = w.unbind(0), v.unbind(0), bias.unbind(0)
         self.a = model.bias_hidden.unsqueeze(0).repeat(n, 1)  # (n, H), a copy (updated in place)
         self.h = activate(self.a, self.act)
 
     def params(self, i: int) -> Tensor:
         if self.binary:
-            return torch.addmv(self.bias[i], self.h, self.v[i]).unsqueeze(-1)  # (n, 1)
+            return torch.addmv(self.bias_rows[i], self.h, self.v_rows[i]).unsqueeze(-1)  # (n, 1)
         return self.model.head_params(self.h @ self.v[i].T, self.bias[i])
 
     def tell(self, i: int, value: Tensor) -> None:
@@ -501,9 +503,9 @@ class NADEDecoder:
         elif self.sparse:  # only the rows whose input is 1 change
             r = value.nonzero()[:, 0]
             if r.numel():
-                new = self.a.index_select(0, r).add_(self.w[i])
+                new = self.a.index_select(0, r).add_(self.w_rows[i])
                 self.a.index_copy_(0, r, new)
-                self.h.index_copy_(0, r, activate(new, self.act))
+                self.h.index_copy_(0, r, new.sigmoid_() if self.act == "sigmoid" else new.relu_())
         else:
             self.a = self.a + value[:, None] * self.w[i]
             self.h = activate(self.a, self.act)
