@@ -143,6 +143,114 @@ def test_fast_model_equals_reference_model(name, opts):
     )
 
 
+# ---------------------------------------------------------------------- the fused recurrences
+# The layers run their whole recurrence as one autograd node with a hand-written backward
+# through time (layers._RowLSTMRecurrence, layers._DiagonalBiLSTMRecurrence): values and the
+# gradients with respect to the input, the context and every parameter must equal the eager
+# oracle's (plain autograd through a loop of small ops) in float64.
+def layer_and_oracle(layer, colors, kernel=3, context=True, fin=6, units=4):
+    if layer == "row":
+        mod = RowLSTMLayer(fin, units, colors, kernel=kernel)
+        return mod, lambda x, ctx=None: row_lstm_reference(mod, x)
+    mod = DiagonalBiLSTMLayer(fin, units, colors, context_ch=colors if context else 0)
+    return mod, lambda x, ctx=None: diagonal_bilstm_reference(mod, x, ctx)
+
+
+@pytest.mark.parametrize(
+    "layer,opts",
+    [
+        ("row", {"kernel": 3}),
+        ("row", {"kernel": 1}),
+        ("row", {"kernel": 5}),
+        ("diag", {"context": True}),
+        ("diag", {"context": False}),
+    ],
+)
+@pytest.mark.parametrize("colors", [1, 3])
+def test_fused_recurrence_values_and_every_gradient_equal_the_oracle(layer, opts, colors):
+    torch.manual_seed(colors)
+    mod, oracle = layer_and_oracle(layer, colors, **opts)
+    mod.double()
+    randomize(mod, seed=11, scale=0.8)
+    x = torch.randn(2, 6, 5, 4, dtype=torch.float64, requires_grad=True)  # batch 2, 5 x 4
+    ctx = None
+    if layer == "diag" and opts["context"]:
+        ctx = torch.randn(2, colors, 5, 4, dtype=torch.float64, requires_grad=True)
+    fast = mod(x, ctx) if mod.takes_context else mod(x)
+    ref = oracle(x, ctx)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
+    v = torch.randn_like(fast)
+    names, params = zip(*mod.named_parameters(), strict=True)
+    inputs = [x, *([ctx] if ctx is not None else []), *params]
+    gf = torch.autograd.grad((fast * v).sum(), inputs)
+    gr = torch.autograd.grad((ref * v).sum(), inputs)
+    labels = ["x", *(["context"] if ctx is not None else []), *names]
+    for label, a, b in zip(labels, gf, gr, strict=True):
+        assert a.abs().max() > 0, label  # every gradient is exercised
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=lambda m, lab=label: f"{lab}: {m}")
+
+
+def test_fused_recurrences_pass_gradcheck():
+    from chainrule.models.layers import (
+        _DiagonalBiLSTMRecurrence,
+        _RowLSTMRecurrence,
+        diagonal_plan,
+    )
+
+    g = torch.Generator().manual_seed(5)
+    b, h, w, u = 2, 3, 4, 2
+    gin = torch.randn(h, b * w, 4 * u, generator=g, dtype=torch.float64, requires_grad=True)
+    wr = torch.randn(4 * u, u, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, m: _RowLSTMRecurrence.apply(a, m, b, w), (gin, wr))
+    plan = diagonal_plan(h, w, torch.device("cpu"))
+    gd = torch.randn(2, h * w, b, 4 * u, generator=g, dtype=torch.float64, requires_grad=True)
+    wd = torch.randn(2, 2, u, 4 * u, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, m: _DiagonalBiLSTMRecurrence.apply(a, m, plan), (gd, wd)
+    )
+
+
+@pytest.mark.parametrize(
+    "name,opts,shape",
+    [
+        ("row-lstm", {}, (1, 5, 4)),
+        ("row-lstm", {"kernel": 5}, (3, 5, 4)),
+        ("diagonal-bilstm", {}, (1, 5, 4)),
+        ("diagonal-bilstm", {}, (3, 5, 4)),
+        ("diagonal-bilstm", {"full_context": False}, (3, 5, 4)),
+    ],
+)
+def test_fast_model_training_gradients_equal_the_oracle_model(name, opts, shape):
+    levels = 4
+    fast = build(name, shape, levels, **opts)
+    ref = with_oracle_layers(fast)
+    x = torch.randint(0, levels, (2, *shape), generator=torch.Generator().manual_seed(2)).double()
+    lf = -fast.training_log_prob(x).sum()
+    lr = -ref.training_log_prob(x).sum()
+    torch.testing.assert_close(lf, lr, rtol=0, atol=1e-10)
+    gf = torch.autograd.grad(lf, list(fast.parameters()))
+    gr = torch.autograd.grad(lr, list(ref.parameters()))
+    for (n, _), a, b in zip(fast.named_parameters(), gf, gr, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def test_recurrent_layer_state_dict_layout_is_unchanged():
+    """Checkpoints store these names and shapes: the fast paths must not change them."""
+    row = RowLSTMLayer(6, 4, 3, kernel=5)
+    assert {k: tuple(v.shape) for k, v in row.state_dict().items()} == {
+        "input_to_state.weight": (16, 6, 1, 5),
+        "input_to_state.bias": (16,),
+        "state_to_state": (16, 4, 5),
+    }
+    diag = DiagonalBiLSTMLayer(6, 4, 3, context_ch=3)
+    assert {k: tuple(v.shape) for k, v in diag.state_dict().items()} == {
+        "input_to_state.weight": (32, 6, 1, 1),
+        "input_to_state.bias": (32,),
+        "context_to_state": (16, 3),
+        "state_to_state": (2, 2, 4, 16),
+    }
+
+
 # ---------------------------------------------------------------------- causality
 CAUSAL_CASES = [((1, 5, 5), 2), ((1, 5, 5), 4), ((3, 5, 5), 2), ((3, 5, 5), 3)]
 

@@ -33,12 +33,17 @@ the order i, f, o, g; sigmoid on i, f, o and tanh on g; ``c' = f c + i g``, ``h'
   With ``context_ch > 0`` the image itself also enters the right-to-left gates unmasked (see
   :meth:`DiagonalBiLSTMLayer.forward`); then one layer sees every previous pixel.
 
-Each recurrent layer computes the whole input-to-state convolution at once, then one matrix
-product per step for the state (a row of the Row LSTM, a diagonal of the Diagonal BiLSTM, both
-directions batched, only the valid cells of each diagonal computed). The plain eager oracles
-(the Row LSTM one row at a time with ``F.conv2d`` / ``F.conv1d``, the Diagonal BiLSTM one pixel
-at a time on the unskewed image, the LSTM update gate by gate) are in ``tests/oracles``; the
-two agree to float64 rounding, values and gradients.
+Each recurrent layer computes the whole input-to-state convolution at once, then runs its
+whole recurrence as *one* autograd node with a hand-written backward through time
+(:class:`_RowLSTMRecurrence`, :class:`_DiagonalBiLSTMRecurrence`): one matrix product per step
+for the state (a row of the Row LSTM, a diagonal of the Diagonal BiLSTM, both directions
+batched, only the valid cells of each diagonal computed), the LSTM update written into
+preallocated buffers, and in the backward the gate derivatives' factors for all steps at once,
+one product per step back through time and the weight gradients as one product over all
+steps. Autograd would otherwise record and replay a graph of many small operations per step.
+The plain eager oracles (the Row LSTM one row at a time with ``F.conv2d`` / ``F.conv1d``, the
+Diagonal BiLSTM one pixel at a time on the unskewed image, the LSTM update gate by gate) are in
+``tests/oracles``; the two agree to float64 rounding, values and every gradient.
 
 Steps are separable: :meth:`RowLSTMLayer.step` maps one row of input-to-state gates and the
 previous row's ``(h, c)`` to the next; :meth:`DiagonalBiLSTMLayer.step` does the same for one
@@ -174,6 +179,117 @@ def lstm_update(g: Tensor, c: Tensor, units: int) -> tuple[Tensor, Tensor]:
 
 
 # ---------------------------------------------------------------------- Row LSTM
+def _lstm_derivative_factors(act: Tensor, c_prev: Tensor, tc: Tensor) -> tuple[Tensor, Tensor]:
+    """The factors of the LSTM update's derivative for many cells at once.
+
+    ``act`` ``(..., 4h)``: the activations ``sigmoid(i, f, o)``, ``tanh(g)``; ``c_prev``,
+    ``tc`` ``(..., h)``: the previous cell and ``tanh`` of the new one. Returns ``fac``
+    ``(..., 4h)`` and ``q`` ``(..., h)`` such that, with ``dh`` the gradient of the cell's
+    output and ``dc`` that of its cell (the carried one plus ``dh * q``), the gradients of the
+    pre-activations are ``dc * fac`` for i, f, g and ``dh * fac`` for o."""
+    u = act.shape[-1] // 4
+    s, gt = act[..., : 3 * u], act[..., 3 * u :]
+    sd = torch.addcmul(s, s, s, value=-1)  # sigmoid' = s - s^2
+    fac = act.new_empty(act.shape)
+    torch.mul(sd[..., :u], gt, out=fac[..., :u])  # i: dc * g
+    torch.mul(sd[..., u : 2 * u], c_prev, out=fac[..., u : 2 * u])  # f: dc * c_prev
+    torch.mul(sd[..., 2 * u :], tc, out=fac[..., 2 * u : 3 * u])  # o: dh * tanh(c)
+    i = act[..., :u]
+    torch.addcmul(i, i * gt, gt, value=-1, out=fac[..., 3 * u :])  # g: dc * i * (1 - g^2)
+    o = act[..., 2 * u : 3 * u]
+    q = torch.addcmul(o, o * tc, tc, value=-1)  # o * (1 - tanh(c)^2)
+    return fac, q
+
+
+class _RowLSTMRecurrence(torch.autograd.Function):
+    """The whole Row LSTM recurrence as one autograd node, with a hand-written backward
+    through time.
+
+    Forward: ``gin`` ``(H, B*W, 4h)`` input-to-state gates (bias included, rows of the flat
+    layout ``(b, w)``) and the state-to-state weight ``(4h, h, k)`` -> the hidden states
+    ``(H, B*W, h)``. Per row: one product of the previous row's ``k`` taps (a strided view of
+    a zero-padded state buffer, copied once) with the weight, written with the LSTM update into
+    preallocated buffers (the activations, cells and ``tanh`` of the cells are kept).
+
+    Backward: the per-gate factors of the LSTM derivative for all rows at once, then per row,
+    last to first: the cell gradient (one ``addcmul``), the four gate gradients (two products),
+    the carry to the previous cell, and one product back through the state-to-state weight
+    folded onto the previous row (``k`` shifted adds). The weight gradient is one product of
+    all gate gradients with all rows' taps after the loop; the gradient of ``gin`` is the gate
+    gradient itself. Tested against the eager oracle in float64 (``tests/oracles``).
+    """
+
+    @staticmethod
+    def forward(ctx, gin: Tensor, weight: Tensor, b: int, w: int) -> Tensor:
+        hh, n, u4 = gin.shape
+        u, k = u4 // 4, weight.shape[2]
+        p = k // 2
+        # taps-major layout [o, t * h + ci], the order of the padded state's strided rows
+        mt = weight.to(gin.dtype).permute(0, 2, 1).reshape(u4, k * u).t()  # (k*h, 4h)
+        hpad = gin.new_zeros(hh + 1, b, w + 2 * p, u)  # row r + 1 holds h of row r
+        cell = gin.new_zeros(hh + 1, n, u)  # row r + 1 holds c of row r
+        act = gin.new_empty(gin.shape)  # sigmoid(i, f, o), tanh(g)
+        tc = gin.new_empty(hh, n, u)  # tanh(c)
+        sb = hpad.stride(1)
+        for r in range(hh):
+            if r == 0:  # the state above the image is zero
+                g = gin[0]
+            else:
+                taps = hpad[r].as_strided((b, w, k * u), (sb, u, 1))
+                g = torch.addmm(gin[r], taps.reshape(n, k * u), mt)
+            a = act[r]
+            torch.sigmoid(g[:, : 3 * u], out=a[:, : 3 * u])
+            torch.tanh(g[:, 3 * u :], out=a[:, 3 * u :])
+            c = cell[r + 1]
+            torch.mul(a[:, u : 2 * u], cell[r], out=c)
+            c.addcmul_(a[:, :u], a[:, 3 * u :])
+            torch.tanh(c, out=tc[r])
+            torch.mul(
+                a[:, 2 * u : 3 * u].view(b, w, u),
+                tc[r].view(b, w, u),
+                out=hpad[r + 1, :, p : p + w],
+            )
+        ctx.save_for_backward(weight, act, cell, tc, hpad)
+        ctx.shape = (b, w)
+        return hpad[1:, :, p : p + w].reshape(hh, n, u)
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        weight, act, cell, tc, hpad = ctx.saved_tensors
+        b, w = ctx.shape
+        hh, n, u4 = act.shape
+        u, k = u4 // 4, weight.shape[2]
+        p = k // 2
+        m = weight.to(act.dtype).permute(0, 2, 1).reshape(u4, k * u)  # (4h, k*h)
+        dout = dout.contiguous()
+        # d(gate pre-activation) = factor * (dc for i, f, g; dh for o), for all rows at once
+        fac, q = _lstm_derivative_factors(act, cell[:-1], tc)
+        fgate = act[..., u : 2 * u]
+        dgates = act.new_empty(act.shape)
+        dhbuf = act.new_zeros(b, w + 2 * p, u)  # dh of a row, padded (the pads: junk)
+        inner = dhbuf[:, p : p + w]
+        dh = dout[hh - 1].view(b, w, u)
+        dc_carry: Tensor | None = None
+        for r in range(hh - 1, -1, -1):
+            qr = q[r].view(b, w, u)
+            dc = dh * qr if dc_carry is None else torch.addcmul(dc_carry, dh, qr)
+            dg = dgates[r].view(b, w, 4, u)
+            torch.mul(fac[r].view(b, w, 4, u), dc.unsqueeze(2), out=dg)
+            torch.mul(fac[r, :, 2 * u : 3 * u].view(b, w, u), dh, out=dg[:, :, 2])
+            if r == 0:
+                break
+            dc_carry = dc * fgate[r].view(b, w, u)
+            dtaps = torch.mm(dgates[r], m).view(b, w, k, u)
+            inner.copy_(dout[r - 1].view(b, w, u))
+            for t in range(k):
+                dhbuf[:, t : t + w].add_(dtaps[:, :, t])
+            dh = inner
+        taps = hpad[:hh].as_strided((hh, b, w, k * u), (hpad.stride(0), hpad.stride(1), u, 1))
+        dm = torch.mm(dgates.view(hh * n, u4).t(), taps.reshape(hh * n, k * u))  # (4h, k*h)
+        dweight = dm.view(u4, k, u).permute(0, 2, 1).to(weight.dtype)
+        return dgates, dweight, None, None
+
+
 class RowLSTMLayer(nn.Module):
     """Row LSTM layer: ``(B, F, H, W)`` -> ``(B, units, H, W)``.
 
@@ -224,15 +340,12 @@ class RowLSTMLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, hh, w = x.shape
-        gin = self.input_to_state(x)  # (B, 4h, H, W), whole map at once
-        gin = gin.permute(2, 0, 3, 1).reshape(hh, b * w, 4 * self.units)  # (H, B*W, 4h)
-        state = self.init_state(b, w, x)
-        rows = []
-        for gin_r in gin.unbind(0):  # unbind: one backward op, not H selects
-            state = self.step(gin_r, state, b, w)
-            rows.append(state[0])
-        out = torch.stack(rows, 0).view(hh, b, w, self.units)  # (H, B, W, h)
-        return out.permute(1, 3, 0, 2)  # (B, h, H, W)
+        # the masked 1 x k input-to-state convolution of the whole map at once (on the CPU
+        # as fast, forward and backward, as an unfold and one product), in the recurrence's
+        # layout (H, B*W, 4h)
+        gin = self.input_to_state(x).permute(2, 0, 3, 1).reshape(hh, b * w, 4 * self.units)
+        out = _RowLSTMRecurrence.apply(gin, self.state_to_state, b, w)  # (H, B*W, h)
+        return out.view(hh, b, w, self.units).permute(1, 3, 0, 2)  # (B, h, H, W)
 
 
 # ---------------------------------------------------------------------- skewing
@@ -283,6 +396,171 @@ def diagonal_order(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor
         inv[t] = torch.arange(h * w)
         _DIAG_CACHE[key] = (t.to(device), inv.to(device), sizes)
     return _DIAG_CACHE[key]
+
+
+_DIAG_PLAN: dict[tuple[int, int, str], DiagonalPlan] = {}
+
+
+class DiagonalPlan:
+    """Index tables of the Diagonal BiLSTM recurrence on an ``H x W`` image.
+
+    States live in a zero-padded skewed buffer ``(2, W + H, H + 1, B, h)``: diagonal ``j``
+    (skewed column) at column ``j + 1``, image row ``r`` at row ``r + 1``; column 0 and row 0
+    stay zero (the left edge and the row above the image). The previous diagonal's pixel above
+    and pixel to the left of the cells ``lo..hi`` of diagonal ``j`` are then the contiguous rows
+    ``lo..hi`` and ``lo+1..hi+1`` of column ``j``. Gates are packed in diagonal order
+    (:func:`diagonal_order`).
+    """
+
+    def __init__(self, h: int, w: int, device: torch.device):
+        to_diag, _, sizes = diagonal_order(h, w, device)
+        self.h, self.w, self.sizes = h, w, sizes
+        self.rows = [diagonal_rows(j, h, w) for j in range(w + h - 1)]
+        self.offsets = [0]
+        for s in sizes[:-1]:
+            self.offsets.append(self.offsets[-1] + s)
+        r, c = to_diag // w, to_diag % w  # the packed cells, diagonal order
+        hp = h + 1
+        self.to_diag = to_diag
+        self.to_diag_mirrored = r * w + (w - 1 - c)  # raster index in the mirrored image
+        self.above = (r + c) * hp + r  # flat (column, row) of the pixel above, packed order
+        self.left = self.above + 1  # of the pixel to the left
+        rr = torch.arange(h * w, device=device) // w
+        cc = torch.arange(h * w, device=device) % w
+        self.out0 = (rr + cc + 1) * hp + rr + 1  # raster pixel -> its direction-0 state
+        # direction 1 at (r - 1, mirrored column), shifted down one row (rows 1 .. H-1)
+        self.out1 = ((rr + w - 1 - cc) * hp + rr)[w:]
+        # the pixel above, then the pixel to the left, of every packed cell (in one index)
+        self.taps = torch.cat([self.above, self.left])
+        # the input gather (both directions) and its inverse, a gather too
+        self.gather = torch.cat([to_diag, self.to_diag_mirrored])
+        inv = torch.empty(2, h * w, dtype=torch.int64, device=device)
+        inv[0, to_diag] = torch.arange(h * w, device=device)
+        inv[1, self.to_diag_mirrored] = torch.arange(h * w, device=device)
+        self.scatter = inv
+
+
+def diagonal_plan(h: int, w: int, device: torch.device) -> DiagonalPlan:
+    key = (h, w, str(device))
+    if key not in _DIAG_PLAN:
+        _DIAG_PLAN[key] = DiagonalPlan(h, w, device)
+    return _DIAG_PLAN[key]
+
+
+class _GatherRows(torch.autograd.Function):
+    """``x.index_select(0, index)`` where ``index`` is made of ``P`` permutations of the rows
+    of ``x``; the backward is a gather too (the inverse permutations ``inverse`` ``(P, N)``,
+    summed), not autograd's scatter-add."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (inverse,) = ctx.saved_tensors
+        parts = grad.reshape(inverse.shape[0], inverse.shape[1], *grad.shape[1:])
+        dx = parts[0].index_select(0, inverse[0])
+        for k in range(1, inverse.shape[0]):
+            dx.add_(parts[k].index_select(0, inverse[k]))
+        return dx, None, None
+
+
+class _DiagonalBiLSTMRecurrence(torch.autograd.Function):
+    """Both directions of the Diagonal BiLSTM recurrence as one autograd node, with a
+    hand-written backward through time.
+
+    Forward: ``gin`` ``(2, H*W, B, 4h)`` input-to-state gates in diagonal order (direction 1
+    on the mirrored image, bias and context included) and the state-to-state weight
+    ``(2, 2, h, 4h)`` -> the layer output ``(H*W, B, h)`` in raster order, direction 1 already
+    mirrored back and shifted down one row. Per diagonal: two batched products (pixel above,
+    pixel to the left; both directions in the batch), the LSTM update written into
+    preallocated buffers (see :class:`DiagonalPlan`).
+
+    Backward: the gate derivative factors for every cell at once; per diagonal, last to first,
+    the cell and gate gradients and two batched products back to the previous diagonal's
+    states (added in place); the weight gradients are two products over all cells after the
+    loop, and the gradient of ``gin`` is the gate gradient itself.
+    """
+
+    @staticmethod
+    def forward(ctx, gin: Tensor, weight: Tensor, plan: DiagonalPlan) -> Tensor:
+        _, hw, b, u4 = gin.shape
+        u, h = u4 // 4, plan.h
+        wt = weight.to(gin.dtype)
+        w_up, w_left = wt[:, 0], wt[:, 1]  # (2, h, 4h)
+        hs = gin.new_zeros(2, plan.w + h, h + 1, b, u)
+        cs = hs.new_zeros(hs.shape)
+        act = gin.new_empty(gin.shape)
+        tc = gin.new_empty(2, hw, b, u)
+        for j, (lo, hi) in enumerate(plan.rows):
+            o, nr = plan.offsets[j], hi - lo + 1
+            nb = nr * b
+            g = torch.baddbmm(
+                gin[:, o : o + nr].reshape(2, nb, u4), hs[:, j, lo : hi + 1].view(2, nb, u), w_up
+            )
+            g.baddbmm_(hs[:, j, lo + 1 : hi + 2].view(2, nb, u), w_left)
+            a = act[:, o : o + nr].view(2, nb, u4)
+            torch.sigmoid(g[..., : 3 * u], out=a[..., : 3 * u])
+            torch.tanh(g[..., 3 * u :], out=a[..., 3 * u :])
+            c = cs[:, j + 1, lo + 1 : hi + 2].view(2, nb, u)
+            torch.mul(a[..., u : 2 * u], cs[:, j, lo + 1 : hi + 2].view(2, nb, u), out=c)
+            c.addcmul_(a[..., :u], a[..., 3 * u :])
+            t = tc[:, o : o + nr].view(2, nb, u)
+            torch.tanh(c, out=t)
+            torch.mul(a[..., 2 * u : 3 * u], t, out=hs[:, j + 1, lo + 1 : hi + 2].view(2, nb, u))
+        flat = hs.view(2, -1, b, u)
+        out = flat[0].index_select(0, plan.out0)
+        out[plan.w :].add_(flat[1].index_select(0, plan.out1))  # row 0: direction 0 only
+        ctx.save_for_backward(weight, act, cs, tc, hs)
+        ctx.plan = plan
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        weight, act, cs, tc, hs = ctx.saved_tensors
+        plan: DiagonalPlan = ctx.plan
+        _, hw, b, u4 = act.shape
+        u = u4 // 4
+        wt = weight.to(act.dtype)
+        w_up_t, w_left_t = wt[:, 0].transpose(1, 2), wt[:, 1].transpose(1, 2)  # (2, 4h, h)
+        dh_all = hs.new_zeros(hs.shape)
+        dflat = dh_all.view(2, -1, b, u)
+        dout = dout.contiguous()
+        dflat[0].index_copy_(0, plan.out0, dout)
+        dflat[1].index_copy_(0, plan.out1, dout[plan.w :])
+        dc_all = cs.new_zeros(cs.shape)
+        c_left = cs.view(2, -1, b, u).index_select(1, plan.left)  # (2, HW, B, h) packed
+        fac, q = _lstm_derivative_factors(act, c_left, tc)
+        dgates = act.new_empty(act.shape)
+        for j in range(len(plan.rows) - 1, -1, -1):
+            lo, hi = plan.rows[j]
+            o, nr = plan.offsets[j], hi - lo + 1
+            nb = nr * b
+            dh = dh_all[:, j + 1, lo + 1 : hi + 2]  # (2, R, B, h)
+            dc = torch.addcmul(dc_all[:, j + 1, lo + 1 : hi + 2], dh, q[:, o : o + nr])
+            dg = dgates[:, o : o + nr].view(2, nr, b, 4, u)
+            fj = fac[:, o : o + nr].view(2, nr, b, 4, u)
+            torch.mul(fj, dc.unsqueeze(3), out=dg)
+            torch.mul(fj[:, :, :, 2], dh, out=dg[:, :, :, 2])
+            if j == 0:
+                break
+            dc_all[:, j, lo + 1 : hi + 2].addcmul_(dc, act[:, o : o + nr, :, u : 2 * u])
+            dgf = dg.view(2, nb, u4)
+            dh_all[:, j, lo : hi + 1].view(2, nb, u).baddbmm_(dgf, w_up_t)
+            dh_all[:, j, lo + 1 : hi + 2].view(2, nb, u).baddbmm_(dgf, w_left_t)
+        flat = hs.view(2, -1, b, u)
+        dg_flat = dgates.view(2, hw * b, u4)
+        # (2, 2, H*W*B, h): the pixel above and to the left of every cell
+        taps = flat.index_select(1, plan.taps).view(2, 2, hw * b, u)
+        dw = torch.stack(
+            [
+                torch.stack([torch.mm(taps[d, t].t(), dg_flat[d]) for t in range(2)])
+                for d in range(2)
+            ]
+        )
+        return dgates, dw.to(weight.dtype), None
 
 
 # ---------------------------------------------------------------------- Diagonal BiLSTM
@@ -338,28 +616,34 @@ class DiagonalBiLSTMLayer(nn.Module):
         """
         if (context is None) != (self.context_to_state is None):
             raise ValueError("context must be given exactly when the layer has context_ch > 0")
-        b, _, hh, w = x.shape
+        b, f, hh, w = x.shape
         u = self.units
-        to_diag, to_raster, sizes = diagonal_order(hh, w, x.device)
-        # Skewing, done as a gather: the valid cells of the skewed map, column by column (one
-        # diagonal after the other), are a permutation of the H*W pixels. Gathering them once
-        # and splitting per diagonal gives contiguous (2, R, B, 4h) blocks whose gradients
-        # are concatenated once, instead of a zero-filled full-map gradient per slice.
-        gin = self.input_gates(x, context)  # (2, B, 4h, H, W)
-        gin = gin.permute(0, 3, 4, 1, 2).reshape(2, hh * w, b, 4 * u).index_select(1, to_diag)
-        h = x.new_zeros(2, 0, b, u)
-        c = h
-        prev = (0, -1)
-        cols = []
-        for j, gin_j in enumerate(gin.split(sizes, 1)):  # (2, R_j, B, 4h) per diagonal
-            lo, hi = diagonal_rows(j, hh, w)
-            h, c = self.step(gin_j, h, c, (lo, hi), prev)
-            cols.append(h)
-            prev = (lo, hi)
-        # and back from diagonal order to raster order (the unskew) with one index
-        out = torch.cat(cols, 1).index_select(1, to_raster)
-        out = out.view(2, hh, w, b, u).permute(0, 3, 4, 1, 2)  # (2, B, h, H, W)
-        return self.combine(torch.stack([out[0], out[1].flip(-1)], 0))
+        plan = diagonal_plan(hh, w, x.device)
+        gin = self.packed_input_gates(x, context, plan)  # (2, H*W, B, 4h), diagonal order
+        out = _DiagonalBiLSTMRecurrence.apply(gin, self.state_to_state, plan)  # (H*W, B, h)
+        return out.view(hh, w, b, u).permute(2, 3, 0, 1)  # (B, h, H, W)
+
+    def packed_input_gates(self, x: Tensor, context: Tensor | None, plan: DiagonalPlan) -> Tensor:
+        """Input-to-state gates of both directions in diagonal order, ``(2, H*W, B, 4h)``
+        (direction 1 on the mirrored image, with the context term): the skew is a gather of
+        the input features (one index per direction), then one batched product."""
+        b, f, hh, w = x.shape
+        u4 = 4 * self.units
+        conv = self.input_to_state
+        feats = x.permute(2, 3, 0, 1).reshape(hh * w, b, f)
+        feats = _GatherRows.apply(feats, plan.gather, plan.scatter)
+        wts = conv.masked_weight()[:, :, 0, 0].view(2, u4, f).transpose(1, 2)  # (2, F, 4h)
+        if context is not None:
+            assert self.context_to_state is not None
+            cc = context.shape[1]
+            ctx = context.permute(2, 3, 0, 1).reshape(hh * w, b, cc)
+            ctx = _GatherRows.apply(ctx, plan.gather, plan.scatter)
+            feats = torch.cat([feats, ctx], 2)  # direction 0 gets the context with zero weights
+            cw = self.context_to_state.t()
+            wts = torch.cat([wts, torch.stack([torch.zeros_like(cw), cw])], 1)
+        bias = conv.bias if conv.bias is not None else wts.new_zeros(2 * u4)
+        gin = torch.baddbmm(bias.view(2, 1, u4), feats.view(2, hh * w * b, -1), wts)
+        return gin.view(2, hh * w, b, u4)
 
     @staticmethod
     def stack_cache(blocks, n: int, h: int, w: int, like: Tensor) -> DiagonalBiLSTMStackCache:
@@ -433,6 +717,20 @@ class PixelCNNBlock(MaskedConv2d):
         return StackCache([PixelCNNBlockCache(b, n, h, w, like) for b in blocks])
 
 
+def pointwise(conv: MaskedConv2d, h: Tensor) -> Tensor:
+    """A ``1 x 1`` :class:`MaskedConv2d` of ``h`` ``(B, I, H, W)`` as one product in the memory
+    order of ``h`` when its channels are innermost (the recurrent layers' outputs are such
+    permuted views), so that nothing is copied; otherwise the convolution itself."""
+    strides = h.stride()
+    order = sorted(range(4), key=lambda d: -strides[d])
+    hp = h.permute(order)
+    if order[-1] != 1 or not hp.is_contiguous() or conv.weight.shape[2:] != (1, 1):
+        return conv(h)
+    wt, bias = conv.masked_weight()[:, :, 0, 0], conv.bias
+    y = F.linear(hp, wt, bias)  # channels last in the order of h
+    return y.permute([order.index(d) for d in range(4)])
+
+
 class Residual(nn.Module):
     """A recurrent layer and its 1 x 1 mask-B projection back to the stream (paper: h -> 2h):
     ``s + proj(rnn(s))`` (``rnn(s, context)`` for a layer that takes the image as context)."""
@@ -444,7 +742,7 @@ class Residual(nn.Module):
 
     def forward(self, s: Tensor, context: Tensor | None = None) -> Tensor:
         h = self.rnn(s, context) if self.rnn.takes_context else self.rnn(s)
-        return s + self.proj(h)
+        return s + pointwise(self.proj, h)
 
     @staticmethod
     def stack_cache(blocks, n: int, h: int, w: int, like: Tensor):
