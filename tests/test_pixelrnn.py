@@ -198,13 +198,15 @@ def test_fused_recurrences_pass_gradcheck():
     )
 
     g = torch.Generator().manual_seed(5)
-    b, h, w, u = 2, 3, 4, 2
-    gin = torch.randn(h, b * w, 4 * u, generator=g, dtype=torch.float64, requires_grad=True)
-    wr = torch.randn(4 * u, u, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, m: _RowLSTMRecurrence.apply(a, m, b, w), (gin, wr))
+    b, f, h, w, u = 2, 3, 3, 4, 2
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    args = (rand(b, f, h, w), rand(4 * u, f, 3), rand(4 * u), rand(4 * u, u, 3))
+    assert torch.autograd.gradcheck(_RowLSTMRecurrence.apply, args)
     plan = diagonal_plan(h, w, torch.device("cpu"))
-    gd = torch.randn(2, h * w, b, 4 * u, generator=g, dtype=torch.float64, requires_grad=True)
-    wd = torch.randn(2, 2, u, 4 * u, generator=g, dtype=torch.float64, requires_grad=True)
+    gd, wd = rand(2, h * w, b, 4 * u), rand(2, 2, u, 4 * u)
     assert torch.autograd.gradcheck(
         lambda a, m: _DiagonalBiLSTMRecurrence.apply(a, m, plan), (gd, wd)
     )

@@ -179,6 +179,21 @@ def lstm_update(g: Tensor, c: Tensor, units: int) -> tuple[Tensor, Tensor]:
 
 
 # ---------------------------------------------------------------------- Row LSTM
+def _activations_into(g: Tensor, a: Tensor, u: int) -> None:
+    """``a`` = ``sigmoid(i, f, o)``, ``tanh(g)`` of the pre-activations ``g`` ``(..., 4h)``, with
+    one sigmoid over all four blocks: ``tanh(x) = 2 sigmoid(2x) - 1`` (on the CPU ``tanh`` costs
+    about four times a ``sigmoid``). ``g``'s last block is doubled in place."""
+    g[..., 3 * u :].mul_(2)
+    torch.sigmoid(g, out=a)
+    a[..., 3 * u :].mul_(2).sub_(1)
+
+
+def _tanh_into(x: Tensor, out: Tensor) -> Tensor:
+    """``out = tanh(x) = 2 sigmoid(2x) - 1`` (see :func:`_activations_into`)."""
+    torch.mul(x, 2, out=out)
+    return out.sigmoid_().mul_(2).sub_(1)
+
+
 def _lstm_derivative_factors(act: Tensor, c_prev: Tensor, tc: Tensor) -> tuple[Tensor, Tensor]:
     """The factors of the LSTM update's derivative for many cells at once.
 
@@ -202,67 +217,86 @@ def _lstm_derivative_factors(act: Tensor, c_prev: Tensor, tc: Tensor) -> tuple[T
 
 
 class _RowLSTMRecurrence(torch.autograd.Function):
-    """The whole Row LSTM recurrence as one autograd node, with a hand-written backward
-    through time.
+    """The whole Row LSTM layer (input-to-state convolution and recurrence) as one autograd
+    node, with a hand-written backward through time.
 
-    Forward: ``gin`` ``(H, B*W, 4h)`` input-to-state gates (bias included, rows of the flat
-    layout ``(b, w)``) and the state-to-state weight ``(4h, h, k)`` -> the hidden states
-    ``(H, B*W, h)``. Per row: one product of the previous row's ``k`` taps (a strided view of
-    a zero-padded state buffer, copied once) with the weight, written with the LSTM update into
-    preallocated buffers (the activations, cells and ``tanh`` of the cells are kept).
+    Forward: ``x`` ``(B, F, H, W)``, the masked input-to-state weight ``(4h, F, k)`` and bias,
+    the state-to-state weight ``(4h, h, k)`` -> the hidden states ``(H, B*W, h)`` (rows of the
+    flat layout ``(b, w)``). The input is copied once, channels last and zero-padded; the ``k``
+    input taps of every pixel fill the first ``k*F`` columns of a buffer ``(H, B*W, k*F +
+    k*h)`` at once. Per row, the previous row's ``k`` state taps (a strided view of a
+    zero-padded state buffer) are copied into the rest of the row's columns, and one product
+    with both weights (``K = k*F + k*h``) gives the gates, which the LSTM update turns into the
+    row's state, written into preallocated buffers (the activations, cells and ``tanh`` of the
+    cells are kept for the backward).
 
-    Backward: the per-gate factors of the LSTM derivative for all rows at once, then per row,
-    last to first: the cell gradient (one ``addcmul``), the four gate gradients (two products),
-    the carry to the previous cell, and one product back through the state-to-state weight
-    folded onto the previous row (``k`` shifted adds). The weight gradient is one product of
-    all gate gradients with all rows' taps after the loop; the gradient of ``gin`` is the gate
-    gradient itself. Tested against the eager oracle in float64 (``tests/oracles``).
+    Backward: the factors of the LSTM derivative for all rows at once, then per row, last to
+    first: the cell gradient, the four gate gradients (two products), the carry to the previous
+    cell, and one product back through the state-to-state weight folded onto the previous row
+    (``k`` shifted adds). After the loop, all at once: the weight gradients (one product of all
+    gate gradients with the buffer of taps), the bias gradient, and the input gradient (one
+    product, ``k`` shifted adds). Tested against the eager oracle in float64
+    (``tests/oracles``).
     """
 
     @staticmethod
-    def forward(ctx, gin: Tensor, weight: Tensor, b: int, w: int) -> Tensor:
-        hh, n, u4 = gin.shape
-        u, k = u4 // 4, weight.shape[2]
-        p = k // 2
-        # taps-major layout [o, t * h + ci], the order of the padded state's strided rows
-        mt = weight.to(gin.dtype).permute(0, 2, 1).reshape(u4, k * u).t()  # (k*h, 4h)
-        hpad = gin.new_zeros(hh + 1, b, w + 2 * p, u)  # row r + 1 holds h of row r
-        cell = gin.new_zeros(hh + 1, n, u)  # row r + 1 holds c of row r
-        act = gin.new_empty(gin.shape)  # sigmoid(i, f, o), tanh(g)
-        tc = gin.new_empty(hh, n, u)  # tanh(c)
-        sb = hpad.stride(1)
-        for r in range(hh):
-            if r == 0:  # the state above the image is zero
-                g = gin[0]
-            else:
-                taps = hpad[r].as_strided((b, w, k * u), (sb, u, 1))
-                g = torch.addmm(gin[r], taps.reshape(n, k * u), mt)
-            a = act[r]
-            torch.sigmoid(g[:, : 3 * u], out=a[:, : 3 * u])
-            torch.tanh(g[:, 3 * u :], out=a[:, 3 * u :])
-            c = cell[r + 1]
-            torch.mul(a[:, u : 2 * u], cell[r], out=c)
-            c.addcmul_(a[:, :u], a[:, 3 * u :])
-            torch.tanh(c, out=tc[r])
-            torch.mul(
-                a[:, 2 * u : 3 * u].view(b, w, u),
-                tc[r].view(b, w, u),
-                out=hpad[r + 1, :, p : p + w],
+    def forward(ctx, x: Tensor, w_in: Tensor, bias: Tensor, weight: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            b, f, hh, w = x.shape
+            u4, u, k = weight.shape
+            p, n, kf = k // 2, b * w, k * f
+            dt = x.dtype
+            # taps-major layout [t * F + ci | t * h + ci], the order of the strided taps
+            wcat = torch.cat(
+                [
+                    w_in.to(dt).transpose(1, 2).reshape(u4, kf),
+                    weight.to(dt).transpose(1, 2).reshape(u4, k * u),
+                ],
+                1,
             )
-        ctx.save_for_backward(weight, act, cell, tc, hpad)
-        ctx.shape = (b, w)
-        return hpad[1:, :, p : p + w].reshape(hh, n, u)
+            wcat_t = wcat.t()
+            bias = bias.to(dt)
+            xpad = x.new_zeros(hh, b, w + 2 * p, f)
+            xpad[:, :, p : p + w] = x.permute(2, 0, 3, 1)
+            taps = x.new_empty(hh, n, kf + k * u)
+            sx = xpad.stride()
+            taps[..., :kf].view(hh, b, w, kf).copy_(
+                xpad.as_strided((hh, b, w, kf), (sx[0], sx[1], f, 1))
+            )
+            taps[0, :, kf:].zero_()  # the state above the image
+            hpad = x.new_zeros(b, w + 2 * p, u)  # the last row's h, padded
+            hmid = hpad[:, p : p + w]
+            out = x.new_empty(hh, n, u)
+            cell = x.new_zeros(hh + 1, n, u)  # row r + 1 holds c of row r
+            act = x.new_empty(hh, n, u4)  # sigmoid(i, f, o), tanh(g)
+            tc = x.new_empty(hh, n, u)  # tanh(c)
+            sb = hpad.stride(0)
+            for r in range(hh):
+                if r > 0:
+                    hmid.copy_(out[r - 1].view(b, w, u))
+                    taps[r, :, kf:].view(b, w, k * u).copy_(
+                        hpad.as_strided((b, w, k * u), (sb, u, 1))
+                    )
+                g = torch.addmm(bias, taps[r], wcat_t)
+                a = act[r]
+                _activations_into(g, a, u)
+                c = cell[r + 1]
+                torch.mul(a[:, u : 2 * u], cell[r], out=c)
+                c.addcmul_(a[:, :u], a[:, 3 * u :])
+                _tanh_into(c, tc[r])
+                torch.mul(a[:, 2 * u : 3 * u], tc[r], out=out[r])
+        ctx.save_for_backward(wcat, act, cell, tc, taps)
+        ctx.shape = (b, f, w, k, w_in.dtype, weight.dtype, bias.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        weight, act, cell, tc, hpad = ctx.saved_tensors
-        b, w = ctx.shape
+        wcat, act, cell, tc, taps = ctx.saved_tensors
+        b, f, w, k, in_dtype, w_dtype, b_dtype = ctx.shape
         hh, n, u4 = act.shape
-        u, k = u4 // 4, weight.shape[2]
-        p = k // 2
-        m = weight.to(act.dtype).permute(0, 2, 1).reshape(u4, k * u)  # (4h, k*h)
-        dout = dout.contiguous()
-        # d(gate pre-activation) = factor * (dc for i, f, g; dh for o), for all rows at once
+        u, p, kf = u4 // 4, k // 2, k * f
+        w_state = wcat[:, kf:]  # (4h, k*h)
+        dout = dout.to(act.dtype).contiguous()
         fac, q = _lstm_derivative_factors(act, cell[:-1], tc)
         fgate = act[..., u : 2 * u]
         dgates = act.new_empty(act.shape)
@@ -279,15 +313,24 @@ class _RowLSTMRecurrence(torch.autograd.Function):
             if r == 0:
                 break
             dc_carry = dc * fgate[r].view(b, w, u)
-            dtaps = torch.mm(dgates[r], m).view(b, w, k, u)
+            dtaps = torch.mm(dgates[r], w_state).view(b, w, k, u)
             inner.copy_(dout[r - 1].view(b, w, u))
             for t in range(k):
                 dhbuf[:, t : t + w].add_(dtaps[:, :, t])
             dh = inner
-        taps = hpad[:hh].as_strided((hh, b, w, k * u), (hpad.stride(0), hpad.stride(1), u, 1))
-        dm = torch.mm(dgates.view(hh * n, u4).t(), taps.reshape(hh * n, k * u))  # (4h, k*h)
-        dweight = dm.view(u4, k, u).permute(0, 2, 1).to(weight.dtype)
-        return dgates, dweight, None, None
+        dflat = dgates.view(hh * n, u4)
+        dw = torch.mm(dflat.t(), taps.view(hh * n, -1))  # (4h, k*F + k*h)
+        dw_in = dw[:, :kf].reshape(u4, k, f).transpose(1, 2).to(in_dtype)
+        dweight = dw[:, kf:].reshape(u4, k, u).transpose(1, 2).to(w_dtype)
+        dbias = dflat.sum(0).to(b_dtype)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dxt = torch.mm(dflat, wcat[:, :kf]).view(hh, b, w, k, f)
+            dxpad = dxt.new_zeros(hh, b, w + 2 * p, f)
+            for t in range(k):
+                dxpad[:, :, t : t + w].add_(dxt[:, :, :, t])
+            dx = dxpad[:, :, p : p + w].permute(1, 3, 0, 2)
+        return dx, dw_in, dbias, dweight
 
 
 class RowLSTMLayer(nn.Module):
@@ -340,11 +383,10 @@ class RowLSTMLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, hh, w = x.shape
-        # the masked 1 x k input-to-state convolution of the whole map at once (on the CPU
-        # as fast, forward and backward, as an unfold and one product), in the recurrence's
-        # layout (H, B*W, 4h)
-        gin = self.input_to_state(x).permute(2, 0, 3, 1).reshape(hh, b * w, 4 * self.units)
-        out = _RowLSTMRecurrence.apply(gin, self.state_to_state, b, w)  # (H, B*W, h)
+        conv = self.input_to_state
+        w_in = conv.masked_weight()[:, :, 0, :]  # (4h, F, k)
+        bias = conv.bias if conv.bias is not None else w_in.new_zeros(4 * self.units)
+        out = _RowLSTMRecurrence.apply(x, w_in, bias, self.state_to_state)  # (H, B*W, h)
         return out.view(hh, b, w, self.units).permute(1, 3, 0, 2)  # (B, h, H, W)
 
 
@@ -404,32 +446,52 @@ _DIAG_PLAN: dict[tuple[int, int, str], DiagonalPlan] = {}
 class DiagonalPlan:
     """Index tables of the Diagonal BiLSTM recurrence on an ``H x W`` image.
 
-    States live in a zero-padded skewed buffer ``(2, W + H, H + 1, B, h)``: diagonal ``j``
-    (skewed column) at column ``j + 1``, image row ``r`` at row ``r + 1``; column 0 and row 0
-    stay zero (the left edge and the row above the image). The previous diagonal's pixel above
-    and pixel to the left of the cells ``lo..hi`` of diagonal ``j`` are then the contiguous rows
-    ``lo..hi`` and ``lo+1..hi+1`` of column ``j``. Gates are packed in diagonal order
-    (:func:`diagonal_order`).
+    States live in a zero-initialised buffer ``(2, S, B, h)`` of *slots*, one per diagonal
+    ``j = -1 .. W + H - 2`` (diagonal ``j`` = skewed column ``j``; ``-1``: the left edge):
+    slot ``j`` holds the image rows ``lo_j - 1 .. hi_j + 1`` of the diagonal, its ``R_j`` cells
+    and one zero cell at each end (``S = H*W + 2 (W + H)``). The pixel above and the pixel to
+    the left of the cells ``lo_j .. hi_j`` are the cells ``lo_j - 1 .. hi_j - 1`` and
+    ``lo_j .. hi_j`` of diagonal ``j - 1``: two overlapping contiguous ranges of slot ``j - 1``
+    (the zero cells stand for the row above the image and the left edge). Gates are packed in
+    diagonal order (:func:`diagonal_order`).
+
+    ``steps``: per diagonal ``(offset in the packed order, R_j, start of the pixels above in
+    the buffer, start of the diagonal's own cells in the buffer)``.
     """
 
     def __init__(self, h: int, w: int, device: torch.device):
         to_diag, _, sizes = diagonal_order(h, w, device)
         self.h, self.w, self.sizes = h, w, sizes
         self.rows = [diagonal_rows(j, h, w) for j in range(w + h - 1)]
-        self.offsets = [0]
-        for s in sizes[:-1]:
-            self.offsets.append(self.offsets[-1] + s)
+        lo = [0] + [r[0] for r in self.rows]  # slot k = j + 1
+        base = [0]
+        for k in range(1, len(lo)):
+            prev = 2 if k == 1 else sizes[k - 2] + 2
+            base.append(base[-1] + prev)
+        self.cells = base[-1] + sizes[-1] + 2
+        self.steps: list[tuple[int, int, int, int]] = []
+        offset = 0
+        for j, n in enumerate(sizes):
+            above = base[j] + lo[j + 1] - lo[j]  # slot j - 1 (k = j): image row lo_j - 1
+            self.steps.append((offset, n, above, base[j + 1] + 1))
+            offset += n
         r, c = to_diag // w, to_diag % w  # the packed cells, diagonal order
-        hp = h + 1
+        lo_t = torch.tensor(lo, device=device)
+        base_t = torch.tensor(base, device=device)
+        diag = r + c
+
+        def where(row: Tensor, diag: Tensor) -> Tensor:  # buffer cell of (row, diagonal)
+            return base_t[diag + 1] + row - lo_t[diag + 1] + 1
+
         self.to_diag = to_diag
         self.to_diag_mirrored = r * w + (w - 1 - c)  # raster index in the mirrored image
-        self.above = (r + c) * hp + r  # flat (column, row) of the pixel above, packed order
-        self.left = self.above + 1  # of the pixel to the left
+        self.above = where(r - 1, diag - 1)  # of every packed cell, the pixel above
+        self.left = where(r, diag - 1)  # and the pixel to the left
         rr = torch.arange(h * w, device=device) // w
         cc = torch.arange(h * w, device=device) % w
-        self.out0 = (rr + cc + 1) * hp + rr + 1  # raster pixel -> its direction-0 state
+        self.out0 = where(rr, rr + cc)  # raster pixel -> its direction-0 state
         # direction 1 at (r - 1, mirrored column), shifted down one row (rows 1 .. H-1)
-        self.out1 = ((rr + w - 1 - cc) * hp + rr)[w:]
+        self.out1 = where(rr - 1, rr - 1 + w - 1 - cc)[w:]
         # the pixel above, then the pixel to the left, of every packed cell (in one index)
         self.taps = torch.cat([self.above, self.left])
         # the input gather (both directions) and its inverse, a gather too
@@ -487,32 +549,29 @@ class _DiagonalBiLSTMRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gin: Tensor, weight: Tensor, plan: DiagonalPlan) -> Tensor:
         _, hw, b, u4 = gin.shape
-        u, h = u4 // 4, plan.h
+        u = u4 // 4
         wt = weight.to(gin.dtype)
         w_up, w_left = wt[:, 0], wt[:, 1]  # (2, h, 4h)
-        hs = gin.new_zeros(2, plan.w + h, h + 1, b, u)
+        hs = gin.new_zeros(2, plan.cells, b, u)  # the slots of DiagonalPlan
         cs = hs.new_zeros(hs.shape)
         act = gin.new_empty(gin.shape)
         tc = gin.new_empty(2, hw, b, u)
-        for j, (lo, hi) in enumerate(plan.rows):
-            o, nr = plan.offsets[j], hi - lo + 1
+        for o, nr, up, cur in plan.steps:
             nb = nr * b
             g = torch.baddbmm(
-                gin[:, o : o + nr].reshape(2, nb, u4), hs[:, j, lo : hi + 1].view(2, nb, u), w_up
+                gin[:, o : o + nr].reshape(2, nb, u4), hs[:, up : up + nr].view(2, nb, u), w_up
             )
-            g.baddbmm_(hs[:, j, lo + 1 : hi + 2].view(2, nb, u), w_left)
+            g.baddbmm_(hs[:, up + 1 : up + 1 + nr].view(2, nb, u), w_left)
             a = act[:, o : o + nr].view(2, nb, u4)
-            torch.sigmoid(g[..., : 3 * u], out=a[..., : 3 * u])
-            torch.tanh(g[..., 3 * u :], out=a[..., 3 * u :])
-            c = cs[:, j + 1, lo + 1 : hi + 2].view(2, nb, u)
-            torch.mul(a[..., u : 2 * u], cs[:, j, lo + 1 : hi + 2].view(2, nb, u), out=c)
+            _activations_into(g, a, u)
+            c = cs[:, cur : cur + nr].view(2, nb, u)
+            torch.mul(a[..., u : 2 * u], cs[:, up + 1 : up + 1 + nr].view(2, nb, u), out=c)
             c.addcmul_(a[..., :u], a[..., 3 * u :])
             t = tc[:, o : o + nr].view(2, nb, u)
-            torch.tanh(c, out=t)
-            torch.mul(a[..., 2 * u : 3 * u], t, out=hs[:, j + 1, lo + 1 : hi + 2].view(2, nb, u))
-        flat = hs.view(2, -1, b, u)
-        out = flat[0].index_select(0, plan.out0)
-        out[plan.w :].add_(flat[1].index_select(0, plan.out1))  # row 0: direction 0 only
+            _tanh_into(c, t)
+            torch.mul(a[..., 2 * u : 3 * u], t, out=hs[:, cur : cur + nr].view(2, nb, u))
+        out = hs[0].index_select(0, plan.out0)
+        out[plan.w :].add_(hs[1].index_select(0, plan.out1))  # row 0: direction 0 only
         ctx.save_for_backward(weight, act, cs, tc, hs)
         ctx.plan = plan
         return out
@@ -526,34 +585,30 @@ class _DiagonalBiLSTMRecurrence(torch.autograd.Function):
         wt = weight.to(act.dtype)
         w_up_t, w_left_t = wt[:, 0].transpose(1, 2), wt[:, 1].transpose(1, 2)  # (2, 4h, h)
         dh_all = hs.new_zeros(hs.shape)
-        dflat = dh_all.view(2, -1, b, u)
         dout = dout.contiguous()
-        dflat[0].index_copy_(0, plan.out0, dout)
-        dflat[1].index_copy_(0, plan.out1, dout[plan.w :])
+        dh_all[0].index_copy_(0, plan.out0, dout)
+        dh_all[1].index_copy_(0, plan.out1, dout[plan.w :])
         dc_all = cs.new_zeros(cs.shape)
-        c_left = cs.view(2, -1, b, u).index_select(1, plan.left)  # (2, HW, B, h) packed
+        c_left = cs.index_select(1, plan.left)  # (2, HW, B, h) packed
         fac, q = _lstm_derivative_factors(act, c_left, tc)
         dgates = act.new_empty(act.shape)
-        for j in range(len(plan.rows) - 1, -1, -1):
-            lo, hi = plan.rows[j]
-            o, nr = plan.offsets[j], hi - lo + 1
+        for step, (o, nr, up, cur) in reversed(list(enumerate(plan.steps))):
             nb = nr * b
-            dh = dh_all[:, j + 1, lo + 1 : hi + 2]  # (2, R, B, h)
-            dc = torch.addcmul(dc_all[:, j + 1, lo + 1 : hi + 2], dh, q[:, o : o + nr])
+            dh = dh_all[:, cur : cur + nr]  # (2, R, B, h)
+            dc = torch.addcmul(dc_all[:, cur : cur + nr], dh, q[:, o : o + nr])
             dg = dgates[:, o : o + nr].view(2, nr, b, 4, u)
             fj = fac[:, o : o + nr].view(2, nr, b, 4, u)
             torch.mul(fj, dc.unsqueeze(3), out=dg)
             torch.mul(fj[:, :, :, 2], dh, out=dg[:, :, :, 2])
-            if j == 0:
+            if step == 0:
                 break
-            dc_all[:, j, lo + 1 : hi + 2].addcmul_(dc, act[:, o : o + nr, :, u : 2 * u])
+            dc_all[:, up + 1 : up + 1 + nr].addcmul_(dc, act[:, o : o + nr, :, u : 2 * u])
             dgf = dg.view(2, nb, u4)
-            dh_all[:, j, lo : hi + 1].view(2, nb, u).baddbmm_(dgf, w_up_t)
-            dh_all[:, j, lo + 1 : hi + 2].view(2, nb, u).baddbmm_(dgf, w_left_t)
-        flat = hs.view(2, -1, b, u)
+            dh_all[:, up : up + nr].view(2, nb, u).baddbmm_(dgf, w_up_t)
+            dh_all[:, up + 1 : up + 1 + nr].view(2, nb, u).baddbmm_(dgf, w_left_t)
         dg_flat = dgates.view(2, hw * b, u4)
         # (2, 2, H*W*B, h): the pixel above and to the left of every cell
-        taps = flat.index_select(1, plan.taps).view(2, 2, hw * b, u)
+        taps = hs.index_select(1, plan.taps).view(2, 2, hw * b, u)
         dw = torch.stack(
             [
                 torch.stack([torch.mm(taps[d, t].t(), dg_flat[d]) for t in range(2)])
