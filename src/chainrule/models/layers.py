@@ -255,7 +255,7 @@ class _RowLSTMRecurrence(torch.autograd.Function):
                 1,
             )
             wcat_t = wcat.t()
-            bias = bias.to(dt)
+            b_dtype, bias = bias.dtype, bias.to(dt)
             xpad = x.new_zeros(hh, b, w + 2 * p, f)
             xpad[:, :, p : p + w] = x.permute(2, 0, 3, 1)
             taps = x.new_empty(hh, n, kf + k * u)
@@ -286,7 +286,7 @@ class _RowLSTMRecurrence(torch.autograd.Function):
                 _tanh_into(c, tc[r])
                 torch.mul(a[:, 2 * u : 3 * u], tc[r], out=out[r])
         ctx.save_for_backward(wcat, act, cell, tc, taps)
-        ctx.shape = (b, f, w, k, w_in.dtype, weight.dtype, bias.dtype)
+        ctx.shape = (b, f, w, k, w_in.dtype, weight.dtype, b_dtype)
         return out
 
     @staticmethod
