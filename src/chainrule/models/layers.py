@@ -773,15 +773,24 @@ class PixelCNNBlock(MaskedConv2d):
 
 
 def pointwise(conv: MaskedConv2d, h: Tensor) -> Tensor:
-    """A ``1 x 1`` :class:`MaskedConv2d` of ``h`` ``(B, I, H, W)`` as one product in the memory
-    order of ``h`` when its channels are innermost (the recurrent layers' outputs are such
-    permuted views), so that nothing is copied; otherwise the convolution itself."""
+    """A ``1 x 1`` :class:`MaskedConv2d` of ``h`` ``(B, I, H, W)`` as one product, without
+    copies: in the memory order of ``h`` when its channels are innermost (the recurrent layers'
+    outputs are such permuted views), or per image on a contiguous ``h``; otherwise the
+    convolution itself. (On the CPU, oneDNN's backward of a 1 x 1 convolution is several
+    times slower than the products.)"""
+    if conv.weight.shape[2:] != (1, 1) or h.dim() != 4:
+        return conv(h)
+    wt = conv.masked_weight()[:, :, 0, 0]
+    bias = conv.bias if conv.bias is not None else wt.new_zeros(wt.shape[0])
+    if h.is_contiguous():
+        b, i, hh, w = h.shape
+        y = torch.baddbmm(bias.view(1, -1, 1), wt.expand(b, -1, -1), h.view(b, i, hh * w))
+        return y.view(b, -1, hh, w)
     strides = h.stride()
     order = sorted(range(4), key=lambda d: -strides[d])
     hp = h.permute(order)
-    if order[-1] != 1 or not hp.is_contiguous() or conv.weight.shape[2:] != (1, 1):
+    if order[-1] != 1 or not hp.is_contiguous():
         return conv(h)
-    wt, bias = conv.masked_weight()[:, :, 0, 0], conv.bias
     y = F.linear(hp, wt, bias)  # channels last in the order of h
     return y.permute([order.index(d) for d in range(4)])
 

@@ -67,6 +67,7 @@ from .layers import (
     Residual,
     RowLSTMLayer,
     linear_of,
+    pointwise,
 )
 from .registry import register
 
@@ -268,12 +269,12 @@ class _PixelNet(AutoregressiveModel):
         s = self.input_conv(image)
         for block in self.blocks:
             s = block(s, image)  # a layer that takes the image as context uses it
-        return F.relu(self.out_conv1(F.relu(s)))
+        return F.relu(pointwise(self.out_conv1, F.relu(s)))
 
     def _params(self, x: Tensor) -> Tensor:
         """Head parameters of every conditional: ``(B, C, H, W, P)``."""
         b, c, h, w = x.shape
-        out = self.out_conv2(self._hidden(x))  # (B, C*P, H, W)
+        out = pointwise(self.out_conv2, self._hidden(x))  # (B, C*P, H, W)
         return out.view(b, c, -1, h, w).permute(0, 1, 3, 4, 2)
 
     def _conditional_log_probs(self, x: Tensor) -> Tensor:
