@@ -47,7 +47,8 @@ Diagonal BiLSTM one pixel at a time on the unskewed image, the LSTM update gate 
 
 Steps are separable: :meth:`RowLSTMLayer.step` maps one row of input-to-state gates and the
 previous row's ``(h, c)`` to the next; :meth:`DiagonalBiLSTMLayer.step` does the same for one
-diagonal. For sampling, each layer type also owns an incremental cache that advances by one
+diagonal (the layers' ``forward`` no longer calls them: the fused recurrences do the same work
+inside one autograd node). For sampling, each layer type also owns an incremental cache that advances by one
 pixel in raster order (``stack_cache``: :class:`PixelCNNBlockCache`, :class:`RowLSTMCache`,
 :class:`DiagonalBiLSTMStackCache`), so a new layer type brings its cache with it.
 """
@@ -542,8 +543,8 @@ class _DiagonalBiLSTMRecurrence(torch.autograd.Function):
 
     Backward: the gate derivative factors for every cell at once; per diagonal, last to first,
     the cell and gate gradients and two batched products back to the previous diagonal's
-    states (added in place); the weight gradients are two products over all cells after the
-    loop, and the gradient of ``gin`` is the gate gradient itself.
+    states (added in place); the weight gradients are products over all cells after the loop
+    (one per direction and tap), and the gradient of ``gin`` is the gate gradient itself.
     """
 
     @staticmethod
