@@ -13,8 +13,6 @@ Written to ``benchmarks/results/pixelrnn.json`` (``--out``) and printed.
    same weights and the same batch, interleaved repeat by repeat in one process. Medians of
    ``--repeats`` (the reference, far slower, gets ``--ref-repeats``); ratio = fast / reference.
    PixelCNN has no recurrence: its one implementation is timed alone.
-   ``--compile-cell`` adds a third variant: the fast path with the LSTM pointwise update
-   compiled by ``torch.compile`` (Inductor; needs a C++ compiler on CPU, Triton on CUDA).
 2. Training (``--time-budget-min M``, per model in ``--train``): Adam on the 50000 training
    images for M minutes, then test NLL (nats) on the 10000 test images of the fixed
    binarization (Larochelle & Murray 2011), the figure the paper reports (Diagonal BiLSTM 79.20,
@@ -26,7 +24,7 @@ Examples::
     nice -n 10 python benchmarks/pixelrnn.py                                # CPU throughput
     nice -n 10 python benchmarks/pixelrnn.py --skip-throughput --train diagonal-bilstm \\
         --time-budget-min 10 --size small                                   # CPU NLL budget
-    python benchmarks/pixelrnn.py --device cuda --batch-size 256 --compile-cell \\
+    python benchmarks/pixelrnn.py --device cuda --batch-size 256 \\
         --train diagonal-bilstm --time-budget-min 3                         # GPU, ~5 min
 """
 
@@ -46,7 +44,6 @@ from _common import ROOT, binarized_mnist, machine, now, write_json  # noqa: E40
 from _common import timed as _timed  # noqa: E402
 
 import chainrule  # noqa: E402
-from chainrule.models import layers  # noqa: E402
 from chainrule.models.pixelrnn import preset_options  # noqa: E402
 from tests.oracles.pixelrnn import with_oracle_layers  # noqa: E402
 
@@ -69,10 +66,12 @@ NOTES = [
     "of the step). Gathering the valid skewed cells once (index_select) and splitting per "
     "diagonal made the training step 2x faster; only valid cells are computed (H*W, not "
     "H*(W+H-1)); both directions share one batched matmul per state tap.",
-    "Row LSTM: the per-row reference is already close to the fast path on CPU: the time goes to "
-    "the convolutions (mkldnn forward/backward ~37%), the LSTM pointwise math and copies, which "
-    "both paths do alike. A hand-written LSTM backward and torch.compile of the cell "
-    "(--compile-cell) gave <= 1.1x on CPU.",
+    "Both recurrences are one autograd node each with a hand-written backward through time "
+    "(benchmarks/recurrence.py times them alone): the Row LSTM's input-to-state product runs "
+    "inside the recurrence, one product per row over the input and state taps; tanh is "
+    "2 sigmoid(2x) - 1 (one sigmoid over all four gates). A torch.compile of the old LSTM cell "
+    "had given <= 1.1x on CPU; the fused recurrences do not call that cell, so the option that "
+    "timed it is gone.",
     "CPU numbers are single-threaded (--threads 1) on a 2-core machine shared with other "
     "processes (load average recorded); the issue's reference points used 2 cores.",
 ]
@@ -163,8 +162,6 @@ def throughput(args, device, x) -> list[dict]:
             variants = {"fast": fast}
             if name != "pixelcnn" and not args.no_reference:
                 variants["reference"] = with_oracle_layers(fast)
-            if args.compile_cell and name != "pixelcnn":
-                variants["fast+compiled-cell"] = fast  # same model, the cell swapped in below
             res = {v: {"train": [], "eval": []} for v in variants}
             opts_ = {v: torch.optim.Adam(m.parameters(), lr=1e-4) for v, m in variants.items()}
             if args.cuda_graph and device.type == "cuda":
@@ -190,11 +187,9 @@ def throughput(args, device, x) -> list[dict]:
                         keep = True
                     else:
                         keep = rep >= args.warmup
-                    compiled = v.endswith("compiled-cell")
                     optional = v not in ("fast", "reference")
                     if optional and "compile_error" in res[v]:
                         continue
-                    layers.lstm_update = CELLS["compiled" if compiled else "eager"]
                     try:
                         if v == "fast+cuda-graph":
                             tt = timed(lambda o=opts_[v]: o(x), device)
@@ -204,7 +199,9 @@ def throughput(args, device, x) -> list[dict]:
                                 device,
                             )
                         te = timed(lambda m=m: eval_pass(m, x, device, args.amp), device)
-                    except Exception as e:  # torch.compile may be unavailable: record, go on
+                    except (
+                        Exception
+                    ) as e:  # the CUDA-graph variant may fail to record: note it, go on
                         if not optional:
                             raise
                         res[v]["compile_error"] = f"{type(e).__name__}: {str(e)[:300]}"
@@ -212,7 +209,6 @@ def throughput(args, device, x) -> list[dict]:
                     if keep:
                         res[v]["train"].append(b / tt)
                         res[v]["eval"].append(b / te)
-            layers.lstm_update = CELLS["eager"]
             row = {"model": name, "size": size, "options": opts, "batch_size": b}
             for v, r in res.items():
                 if "compile_error" in r or not r["train"]:
@@ -323,9 +319,6 @@ def train_budget(args, device, train, test) -> list[dict]:
     return rows
 
 
-CELLS = {"eager": layers.lstm_update}
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -338,7 +331,6 @@ def main(argv=None) -> None:
     p.add_argument("--ref-repeats", type=int, default=1)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-reference", action="store_true", help="skip the eager oracle")
-    p.add_argument("--compile-cell", action="store_true")
     p.add_argument(
         "--cuda-graph", action="store_true", help="also time (and train with) a CUDA-graphed step"
     )
@@ -375,8 +367,6 @@ def main(argv=None) -> None:
         args.batch_size = 256 if device.type == "cuda" else 64
     if args.quick:
         args.sizes, args.repeats, args.warmup, args.batch_size = ["small"], 1, 0, 16
-    if args.compile_cell:
-        CELLS["compiled"] = torch.compile(layers.lstm_update, dynamic=True)
 
     train, test = load_binarized_mnist(args.data_dir)
     x = train[: args.batch_size].to(device, torch.float32)
