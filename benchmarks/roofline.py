@@ -45,11 +45,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,43 +71,23 @@ PEAK_N = 1024
 
 # ---------------------------------------------------------------------- the machine
 def bf16_hardware() -> dict[str, Any]:
-    """What the CPU offers for bf16 products, from every source that can tell."""
-    flags: set[str] = set()
-    model_name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    wanted = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512f", "avx512_fp16")
-    found = sorted(f for f in wanted if f in flags)
+    """What the CPU offers for bf16 products: the library's check (/proc/cpuinfo flags, torch's
+    CPU capability, :mod:`chainrule.training.bf16`) and oneDNN's own answer."""
+    from chainrule.training.bf16 import cpu_bf16
+
+    info = cpu_bf16()
     try:
         onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # a private op: absent in some builds
         onednn = None
-    try:
-        capability = torch.backends.cpu.get_cpu_capability()
-    except Exception:
-        capability = None
-    units = "amx_bf16" in flags or "avx512_bf16" in flags
     return {
-        "cpu": model_name,
-        "bf16_flags_found": found,
-        "torch_cpu_capability": capability,
+        "cpu": info["cpu"],
+        "bf16_flags_found": info["bf16_flags_found"],
+        "torch_cpu_capability": info["torch_cpu_capability"],
         "onednn_bf16_supported": onednn,
-        "has_bf16_matrix_units": units,
-        "summary": (
-            f"{model_name}: "
-            + (
-                f"bf16 matrix units present ({', '.join(found)})"
-                if units
-                else "no bf16 matrix units (no amx_bf16 / avx512_bf16 in /proc/cpuinfo)"
-            )
-            + f"; torch CPU capability {capability}; oneDNN bf16 supported: {onednn}"
-        ),
+        "has_bf16_matrix_units": info["has_bf16_units"],
+        "summary": f"{info['summary']}; torch CPU capability {info['torch_cpu_capability']}; "
+        f"oneDNN bf16 supported: {onednn}",
     }
 
 
