@@ -63,6 +63,25 @@ def test_score_with_missing_pixels(runs, capsys, tmp_path):
     assert all(v < w for v, w in zip(visible, whole, strict=True))
 
 
+def test_score_draws_nll_maps_of_a_single_model_and_says_why_not_of_an_ensemble(
+    runs, capsys, tmp_path
+):
+    import chainrule
+
+    assert not chainrule.load(runs["made"]).has_conditionals  # a mixture of 2 masks
+    assert chainrule.load(runs["nade"]).has_conditionals
+    for name, maps in (("made", False), ("nade", True)):
+        csv = tmp_path / f"{name}.csv"
+        code, out, err = run(
+            capsys, "score", "--checkpoint", runs[name], "--max-images", "10", "--maps", "2",
+            "--out", csv,
+        )  # fmt: skip
+        assert code == 0, err
+        pngs = list(tmp_path.glob(f"{name}*.png"))
+        assert bool(pngs) is maps, (name, pngs, out)
+        assert ("no per-pixel NLL maps: this made is an ensemble" in err) is (not maps)
+
+
 def test_a_mask_a_fixed_ordering_cannot_marginalize_is_one_line(runs, capsys, tmp_path):
     csv = tmp_path / "s.csv"
     code, out, err = run(

@@ -117,9 +117,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         idx = [int(sel[p]) for p in pos]
     if mask is not None and not args.images:
         idx = []  # maps show every pixel's conditional: asked for by --images only
-    if idx and getattr(model.config, "ensemble", 1) > 1:
+    if idx and not model.has_conditionals:
         print(
-            "note: no per-pixel NLL maps: an ensemble is a mixture of orderings, whose "
+            f"note: no per-pixel NLL maps: this {model.name} is an ensemble (a mixture), whose "
             "per-pixel conditionals are not defined",
             file=sys.stderr,
         )

@@ -64,8 +64,6 @@ class AutoregressiveModel(nn.Module):
     supports_orderings: ClassVar[bool] = True
     #: completion is an exact conditional draw for *any* mask (not only a prefix): no warning
     supports_completion_any_mask: ClassVar[bool] = False
-    #: per-dimension conditionals (``conditional_log_probs``) are defined
-    has_conditionals: ClassVar[bool] = True
     #: ``sample(..., cuda_graph=True)`` is available (CUDA, unconditional sampling)
     supports_cuda_graph: ClassVar[bool] = False
     #: CPU threads for the sampling loop (None: leave torch's setting)
@@ -129,6 +127,12 @@ class AutoregressiveModel(nn.Module):
         (:meth:`log_prob_unchecked`), or a model's own stochastic objective (the order-agnostic
         models: an unbiased estimate of the mean log-likelihood over orderings and masks)."""
         return self.log_prob_unchecked(x)
+
+    @property
+    def has_conditionals(self) -> bool:
+        """Whether per-dimension conditionals (:meth:`conditional_log_probs`) are defined: not
+        for a mixture of orderings or of networks (an ensemble), whose joint is a mixture."""
+        return getattr(self.config, "ensemble", 1) == 1
 
     def conditional_log_probs(self, x: Tensor) -> Tensor:
         """log p(x_i | x_<i) for every dimension, laid out like the image.
