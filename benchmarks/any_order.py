@@ -1,7 +1,8 @@
 """Order-agnostic models on fixed binarized MNIST: what an ensemble of masks buys, and what an
 exact log-likelihood costs.
 
-* ``--checkpoint RUN``: a trained ``made`` run. The test NLL (all 10,000 images) of every
+* ``--checkpoint RUN``: a trained ``made`` or ``deep-nade`` run (``--members E``: evaluated as
+  an ensemble of E members, whatever it was trained with). The test NLL (all 10,000 images) of every
   member alone and of the ensembles of the first k members, k = 1, 2, 4, ..., E (the mixture of
   joints, ``log mean_e p_e(x)``), and the exact marginal NLL of the visible pixels and the
   conditional NLL of the hidden ones for two masks that are not prefixes (checkerboard, right
@@ -39,11 +40,25 @@ def nll(model, x: torch.Tensor, batch: int = 500, **kw) -> torch.Tensor:
     return torch.cat(out)
 
 
-def ensemble_curve(run: str, data_dir: str | None) -> dict:
+def with_members(model, n_e: int):
+    """The same trained network as an ensemble of ``n_e`` members (MADE: connectivities from
+    its mask seed; DeepNADE: orderings from its ensemble seed): the weights do not change."""
+    import dataclasses
+
+    if n_e == model.config.ensemble:
+        return model
+    config = dataclasses.replace(model.config, ensemble=n_e)
+    out = type(model)(model.event_shape, model.levels, config)
+    out.load_state_dict(model.state_dict())
+    return out.eval()
+
+
+def ensemble_curve(run: str, data_dir: str | None, members: int | None = None) -> dict:
     import chainrule
     from chainrule.completion import conditional_log_likelihood, occlusion_mask
 
     model = chainrule.load(run).eval()
+    model = with_members(model, members or model.config.ensemble)
     test = common.binarized_mnist(data_dir, torch.float32)["test"]
     n_e = model.config.ensemble
     xf = test.flatten(1)
@@ -134,7 +149,13 @@ def cost(batch: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", help="a trained made run folder")
+    p.add_argument("--checkpoint", help="a trained made or deep-nade run folder")
+    p.add_argument(
+        "--members",
+        type=int,
+        default=None,
+        help="evaluate the network as an ensemble of this many members (default: its own)",
+    )
     p.add_argument("--cost", action="store_true", help="time exact log_prob of MADE and DeepNADE")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
@@ -148,7 +169,7 @@ def main(argv=None) -> int:
     if args.cost:
         doc["cost"] = cost(args.batch)
     if args.checkpoint:
-        doc["made"] = ensemble_curve(args.checkpoint, args.data_dir)
+        doc["ensemble"] = ensemble_curve(args.checkpoint, args.data_dir, args.members)
     print(f"wrote {common.write_json(args.out, doc)}")
     return 0
 
