@@ -25,6 +25,7 @@ Example::
     python benchmarks/imputation.py --model made=runs/made-any-order \\
         --model deep-nade=runs/deep-nade-mnist --model nade=pretrained:nade-binarized-mnist \\
         --model independent=runs/independent-mnist --threads 2
+    python benchmarks/imputation.py --model deep-nade-random=runs/deep-nade-mnist@random:1
 """
 
 from __future__ import annotations
@@ -68,6 +69,17 @@ def visible_masks(name: str, n: int, event_shape, seed: int) -> torch.Tensor:
     return one.expand(n, *event_shape).clone()
 
 
+def with_ordering(model, ordering: str):
+    """An order-agnostic model with another default ordering (the same weights): its
+    given-first orderings keep the visible and the hidden pixels each in that order."""
+    import dataclasses
+
+    config = dataclasses.replace(model.config, ordering=ordering)
+    out = type(model)(model.event_shape, model.levels, config)
+    out.load_state_dict(model.state_dict())
+    return out.eval()
+
+
 def conditional_nll(model, x: torch.Tensor, mask: torch.Tensor, batch: int) -> torch.Tensor | None:
     """``(N,)`` float64 ``-log p(hidden | visible)`` per image, or None where the model cannot
     give it exactly (a fixed ordering and a mask that is not a prefix of it)."""
@@ -98,8 +110,9 @@ def main(argv=None) -> None:
         "--model",
         action="append",
         required=True,
-        metavar="LABEL=CHECKPOINT",
-        help="a model to score: a label and a run folder or pretrained:NAME (repeatable)",
+        metavar="LABEL=CHECKPOINT[@ORDERING]",
+        help="a model to score: a label and a run folder or pretrained:NAME, optionally under "
+        "another default ordering (order-agnostic models: e.g. @random:1) (repeatable)",
     )
     p.add_argument("--n", type=int, default=10000, help="test images (default: all 10,000)")
     p.add_argument("--masks", default=",".join(MASKS), help="comma-separated: " + ", ".join(MASKS))
@@ -122,7 +135,10 @@ def main(argv=None) -> None:
     )
     for spec in args.model:
         label, _, ckpt = spec.partition("=")
+        ckpt, _, ordering = ckpt.partition("@")
         model = chainrule.load(ckpt).eval()
+        if ordering:  # the same weights under another default ordering
+            model = with_ordering(model, ordering)
         row = {"label": label, "checkpoint": ckpt, "model": model.name, "masks": {}}
         for name in args.masks.split(","):
             mask = visible_masks(name, len(test), model.event_shape, args.seed)
