@@ -158,6 +158,13 @@ RECIPES: dict[str, dict[str, Any]] = {
             "direct": True,
         },
         "train": _cpu_minutes(60.0, lr=2e-3, valid_every=20),
+        "result": {
+            "test_nll_nats": 93.924,
+            "source": "this recipe, 2026-11-27: 205.9 epochs in the 60 CPU minutes (weights of "
+            "epoch 200, best valid 94.86); one mask alone 95.48 (all 32 within 95.38-95.60), 2 "
+            "masks 94.80, 8 masks 94.18 (benchmarks/any_order.py); the MADE paper reports 86.64 "
+            "with 2 x 8000 hidden units; without direct connections this recipe gave 113.06",
+        },
     },
     "made-any-order-binarized-mnist": {
         "description": "MADE for any mask: 2 hidden layers of 500 with direct connections, "
