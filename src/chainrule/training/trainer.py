@@ -18,7 +18,8 @@ Several processes (``torchrun``): see :mod:`chainrule.distributed`. ``batch_size
 Devices: ``device`` auto/cpu/cuda; ``bf16`` runs the training forward and backward under bf16
 autocast, on CUDA or on the CPU (where it pays only with bf16 matrix units: the run says whether
 this CPU has them, :mod:`chainrule.training.bf16`); the weights, the optimizer and every
-reported NLL stay in the model's dtype. Checkpoints are written from CPU copies and load on any device.
+reported NLL stay in the model's dtype. Checkpoints are written from CPU copies and load on any
+device.
 
 The training step synchronises with the host once: to read the batch's loss (summed over the
 processes together with the stop flags), which the non-finite check and the log need.
@@ -213,8 +214,8 @@ class Trainer:
     the group), ``run`` (the :class:`RunFolder` read on resume, or None), ``writer`` (the same,
     on rank 0 only: the process that writes), ``opt``, ``counters`` (epoch, step, best valid
     NLL, ... as saved in the state file), ``metrics`` (the rows of metrics.jsonl), ``budget``
-    (seconds of the whole run, or None) and ``start`` (``self.clock()``, wall or CPU time, minus the seconds
-    of earlier sessions of this run).
+    (seconds of the whole run, or None) and ``start`` (``self.clock()``, wall or CPU time,
+    minus the seconds of earlier sessions of this run).
 
     Args:
         model: any chainrule model.
@@ -344,7 +345,7 @@ class Trainer:
                 "epoch": 1,
                 "train_nll": train_nll,
                 "valid_nll": valid["nll_nats"],
-                "seconds": self.clock() - self.start,
+                "seconds": self.elapsed(),
             }
         )
         self.counters.update(best_valid=valid["nll_nats"], best_epoch=1)
@@ -382,7 +383,7 @@ class Trainer:
         if self.writer is not None:
             self.say(f"drawing {cfg.num_samples} samples for samples.png")
             result["files"] = self.writer.write_pictures(model, splits, self.metrics, cfg)
-        result["seconds"] = round(self.clock() - self.start, 2)  # resumes included
+        result["seconds"] = round(self.elapsed(), 2)  # resumes included
         result["clock"] = self.cfg.budget_clock  # what "seconds" counts: wall or CPU time
         if self.writer is not None:
             self.writer.write_result(result)
@@ -518,9 +519,13 @@ class Trainer:
         assert self.opt is not None
         return self.opt
 
+    def elapsed(self) -> float:
+        """Seconds of the whole run so far (earlier sessions included) on the budget's clock."""
+        return self.clock() - self.start
+
     def over_budget(self) -> bool:
         """This process's clock has passed the time budget."""
-        return self.budget is not None and self.clock() - self.start > self.budget
+        return self.budget is not None and self.elapsed() > self.budget
 
     def _stops_before(self, epoch: int) -> bool:
         """Before epoch ``epoch``: the patience is spent, or the time budget (rank 0 decides)."""
@@ -544,7 +549,7 @@ class Trainer:
         if self.writer is None:
             return
         if seconds is None:
-            seconds = self.clock() - self.start
+            seconds = self.elapsed()
         counters = {**self.counters, **self.fingerprint, "seconds": seconds}
         self.writer.save_state(self.model, self.opt, counters, order)
 
@@ -617,7 +622,7 @@ class Trainer:
                 by_time = cfg.checkpoint_minutes and now - last_save >= 60 * cfg.checkpoint_minutes
                 if by_steps or by_time:
                     c.update(step=done, train_sum=total, train_count=count)
-                    self.checkpoint(order, seconds=self.clock() - self.start)
+                    self.checkpoint(order)
                     last_save = time.perf_counter()
         if hasattr(bar, "close"):
             bar.close()
@@ -666,7 +671,7 @@ class Trainer:
                 f"the loss became {s / n:g} at epoch {epoch + 1}, batch {b + 1}; training stopped "
                 f"and the last good checkpoint is kept. Try a smaller --lr"
             )
-        lr_now = schedules.step_lr(cfg.lr_schedule, cfg.lr, self.clock() - self.start, self.budget)
+        lr_now = schedules.step_lr(cfg.lr_schedule, cfg.lr, self.elapsed(), self.budget)
         opt = self._adam()
         if lr_now is not None:
             for group in opt.param_groups:
@@ -707,7 +712,7 @@ class Trainer:
             "valid_nll": valid["nll_nats"] if valid else None,
             "valid_bits_per_dim": valid["bits_per_dim"] if valid else None,
             "lr": self._adam().param_groups[0]["lr"],
-            "seconds": self.clock() - self.start,
+            "seconds": self.elapsed(),
             **({"partial": True} if partial else {}),
         }
         self.metrics.append(row)
