@@ -108,6 +108,17 @@ def write_json(path: str | Path, doc: dict[str, Any]) -> Path:
     return path
 
 
+def with_options(model, **changes: Any):
+    """The same trained weights under a config with ``changes`` (options that do not change the
+    parameters: an ensemble's size, a default ordering), in eval mode."""
+    import dataclasses
+
+    config = dataclasses.replace(model.config, **changes)
+    out = type(model)(model.event_shape, model.levels, config)
+    out.load_state_dict(model.state_dict())
+    return out.eval()
+
+
 def load_splits(name: str = "binarized-mnist", data_dir: str | None = None):
     """A data set through the library's loader (sha256-checked files; one-line errors)."""
     from chainrule.data import load_dataset

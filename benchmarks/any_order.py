@@ -40,25 +40,13 @@ def nll(model, x: torch.Tensor, batch: int = 500, **kw) -> torch.Tensor:
     return torch.cat(out)
 
 
-def with_members(model, n_e: int):
-    """The same trained network as an ensemble of ``n_e`` members (MADE: connectivities from
-    its mask seed; DeepNADE: orderings from its ensemble seed): the weights do not change."""
-    import dataclasses
-
-    if n_e == model.config.ensemble:
-        return model
-    config = dataclasses.replace(model.config, ensemble=n_e)
-    out = type(model)(model.event_shape, model.levels, config)
-    out.load_state_dict(model.state_dict())
-    return out.eval()
-
-
 def ensemble_curve(run: str, data_dir: str | None, members: int | None = None) -> dict:
     import chainrule
     from chainrule.completion import conditional_log_likelihood, occlusion_mask
 
     model = chainrule.load(run).eval()
-    model = with_members(model, members or model.config.ensemble)
+    if members and members != model.config.ensemble:  # the same weights, E members
+        model = common.with_options(model, ensemble=members)
     test = common.binarized_mnist(data_dir, torch.float32)["test"]
     n_e = model.config.ensemble
     xf = test.flatten(1)

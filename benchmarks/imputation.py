@@ -69,17 +69,6 @@ def visible_masks(name: str, n: int, event_shape, seed: int) -> torch.Tensor:
     return one.expand(n, *event_shape).clone()
 
 
-def with_ordering(model, ordering: str):
-    """An order-agnostic model with another default ordering (the same weights): its
-    given-first orderings keep the visible and the hidden pixels each in that order."""
-    import dataclasses
-
-    config = dataclasses.replace(model.config, ordering=ordering)
-    out = type(model)(model.event_shape, model.levels, config)
-    out.load_state_dict(model.state_dict())
-    return out.eval()
-
-
 def conditional_nll(model, x: torch.Tensor, mask: torch.Tensor, batch: int) -> torch.Tensor | None:
     """``(N,)`` float64 ``-log p(hidden | visible)`` per image, or None where the model cannot
     give it exactly (a fixed ordering and a mask that is not a prefix of it)."""
@@ -137,8 +126,8 @@ def main(argv=None) -> None:
         label, _, ckpt = spec.partition("=")
         ckpt, _, ordering = ckpt.partition("@")
         model = chainrule.load(ckpt).eval()
-        if ordering:  # the same weights under another default ordering
-            model = with_ordering(model, ordering)
+        if ordering:  # the same weights under another default ordering (and given-first ones)
+            model = common.with_options(model, ordering=ordering)
         row = {"label": label, "checkpoint": ckpt, "model": model.name, "masks": {}}
         for name in args.masks.split(","):
             mask = visible_masks(name, len(test), model.event_shape, args.seed)
