@@ -8,7 +8,7 @@ with respect to the input and every parameter. Variants:
 
 * ``fused``: the library's layer (the whole recurrence one autograd node with a hand-written
   backward through time, :mod:`chainrule.models.layers`);
-* ``oracle``: the eager oracle of the tests (``tests/oracles/pixelrnn.py``, imported by path:
+* ``oracle``: the eager oracle of the tests (``tests/oracles/pixelrnn.py``, imported as ``tests.oracles``:
   the Row LSTM one row at a time, the Diagonal BiLSTM one pixel at a time, plain autograd);
 * ``previous``: with ``--previous REV``, the layer's ``forward`` of ``src/chainrule/models/
   layers.py`` at git revision ``REV`` (read with ``git show``) on the same module and weights
@@ -32,32 +32,25 @@ Written to ``benchmarks/results/recurrence.json`` (``--out``)::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import subprocess
 import sys
 import types
-from pathlib import Path
 from typing import Any
 
 import torch
 from _common import RESULTS, ROOT, header, load_average, set_threads, timed, write_json
 
 from chainrule.models.layers import DiagonalBiLSTMLayer, RowLSTMLayer  # noqa: E402
+from tests.oracles import pixelrnn as oracle_module  # noqa: E402
 
 LAYERS = ("row", "diag")
 
 
-def load_module(name: str, path: Path | None = None, source: str | None = None):
-    """A module from a file, or from source text (an earlier revision)."""
-    if source is not None:
-        mod = types.ModuleType(name)
-        exec(compile(source, f"<{name}>", "exec"), mod.__dict__)
-        return mod
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def module_from_source(name: str, source: str):
+    """A module made from source text (a file of an earlier revision)."""
+    mod = types.ModuleType(name)
+    exec(compile(source, f"<{name}>", "exec"), mod.__dict__)
     return mod
 
 
@@ -70,7 +63,7 @@ def previous_forward(rev: str):
         capture_output=True,
         text=True,
     ).stdout
-    old = load_module(f"layers_{rev}", source=src)
+    old = module_from_source(f"layers_{rev}", src)
     return {"row": old.RowLSTMLayer.forward, "diag": old.DiagonalBiLSTMLayer.forward}
 
 
@@ -111,7 +104,6 @@ def train_step(fn, mod, x, context, v) -> list[torch.Tensor]:
 
 def run(args) -> dict[str, Any]:
     set_threads(args.threads)
-    oracle = load_module("pixelrnn_oracles", ROOT / "tests" / "oracles" / "pixelrnn.py")
     previous = previous_forward(args.previous) if args.previous else None
     doc: dict[str, Any] = header(
         benchmark="recurrence",
@@ -136,7 +128,7 @@ def run(args) -> dict[str, Any]:
     doc["results"] = []
     for layer in args.layers:
         mod, x, context, v = build(layer, args.features, args.units, args.size, args.batch)
-        fns = variants(layer, mod, oracle, previous)
+        fns = variants(layer, mod, oracle_module, previous)
         ref = train_step(fns["fused"], mod, x, context, v)  # warm-up, and the check
         diffs = {}
         for name, fn in fns.items():
