@@ -7,6 +7,10 @@ Specs accepted wherever a model takes ``ordering``:
 
 * ``"raster"`` (default): rows top to bottom, pixels left to right, and within a pixel the
   channels in order (R, then G, then B);
+* ``"columns"``: columns left to right, pixels top to bottom (the transpose of raster), channels
+  innermost;
+* ``"reverse-raster"``, ``"reverse-columns"``: those two with the pixels visited backwards
+  (bottom-right first), channels still innermost and in order (R, then G, then B);
 * ``"random:SEED"``: a uniformly random permutation drawn from ``SEED``;
 * a list of ints: the permutation itself, in flat ``(C, H, W)`` indices.
 """
@@ -26,12 +30,30 @@ def raster_order(event_shape: tuple[int, int, int]) -> Tensor:
     return idx.permute(1, 2, 0).reshape(-1)
 
 
+#: the orderings named by a word (besides ``random:SEED``)
+NAMED = ("raster", "columns", "reverse-raster", "reverse-columns")
+_SPECS = "'raster', 'columns', 'reverse-raster', 'reverse-columns', 'random:SEED'"
+
+
+def named_order(name: str, event_shape: tuple[int, int, int]) -> Tensor:
+    """One of :data:`NAMED` as flat ``(C, H, W)`` indices, channels innermost. ``(D,)`` int64."""
+    c, h, w = event_shape
+    idx = torch.arange(c * h * w).reshape(c, h, w)
+    pixels = idx.permute(2, 1, 0) if name.endswith("columns") else idx.permute(1, 2, 0)
+    pixels = pixels.reshape(h * w, c)  # (pixels in visiting order, channels)
+    if name.startswith("reverse-"):
+        pixels = pixels.flip(0)
+    return pixels.reshape(-1)
+
+
 def resolve_ordering(spec: Any, event_shape: tuple[int, int, int]) -> Tensor:
     """Turn an ordering spec into a permutation tensor ``(D,)`` int64 (see module doc)."""
     c, h, w = event_shape
     d = c * h * w
     if spec is None or spec == "raster":
         return raster_order(event_shape)
+    if isinstance(spec, str) and spec in NAMED:
+        return named_order(spec, event_shape)
     if isinstance(spec, str):
         if spec.startswith("random:"):
             try:
@@ -42,15 +64,11 @@ def resolve_ordering(spec: Any, event_shape: tuple[int, int, int]) -> Tensor:
                 ) from None
             g = torch.Generator().manual_seed(seed)
             return torch.randperm(d, generator=g)
-        raise ValueError(
-            f"unknown ordering {spec!r}: use 'raster', 'random:SEED' or a list giving a permutation"
-        )
+        raise ValueError(f"unknown ordering {spec!r}: use {_SPECS} or a list giving a permutation")
     try:
         perm = [int(i) for i in spec]
     except (TypeError, ValueError):
-        raise ValueError(
-            f"ordering must be 'raster', 'random:SEED' or a list of ints, got {spec!r}"
-        ) from None
+        raise ValueError(f"ordering must be {_SPECS} or a list of ints, got {spec!r}") from None
     if sorted(perm) != list(range(d)):
         raise ValueError(
             f"ordering must be a permutation of 0..{d - 1} (D={d}), got {len(perm)} values that are not"
@@ -66,9 +84,7 @@ def check_ordering_spec(spec: Any) -> None:
         resolve_ordering(spec, (1, 1, 1))
         return
     if not isinstance(spec, (list, tuple)):
-        raise ValueError(
-            f"ordering must be 'raster', 'random:SEED' or a list of ints, got {spec!r}"
-        )
+        raise ValueError(f"ordering must be {_SPECS} or a list of ints, got {spec!r}")
 
 
 def given_first(order: Tensor, mask: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from chainrule import outputs
 
-from . import evaluate, receptive_field, recipes, tools, train
+from . import evaluate, mix, receptive_field, recipes, tools, train
 from .common import UserError, _Help, _Parser, add_quiet
 
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     evaluate.add_parsers(sub)
     tools.add_parsers(sub)
+    mix.add_parser(sub)
     receptive_field.add_parser(sub)
     recipes.add_parsers(sub)
     for name, parser in sub.choices.items():  # every command has --quiet and its description

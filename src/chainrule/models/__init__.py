@@ -6,6 +6,7 @@ from . import (  # noqa: F401  (registration side effects)  # noqa: F401  (regis
     independent,
     made,
     markov,
+    mixture,
     nade,
     pixelrnn,  # noqa: F401  (registration: pixelcnn, row-lstm, diagonal-bilstm)
     rnade,

@@ -63,7 +63,7 @@ class OrderAgnosticConfig:
     layers: int = field(default=1, metadata={"help": "hidden layers"})
     activation: str = field(default="relu", metadata={"help": "hidden activation: relu or sigmoid"})
     ordering: str | list[int] = ordering_field(
-        "the default ordering: raster, random:SEED or a permutation"
+        "the default ordering: raster, columns, reverse-raster, reverse-columns, random:SEED or a permutation"
     )
     ensemble: int = field(default=1, metadata={"help": "E members averaged at test time"})
     embed_dim: int = field(

@@ -60,12 +60,15 @@ class AutoregressiveModel(nn.Module):
     train_defaults: ClassVar[dict[str, Any]] = {}
 
     # capabilities, declared (the tests are driven by them)
-    #: the model has an ``ordering`` option (raster, random:SEED, a permutation)
+    #: the model has an ``ordering`` option (raster, columns, reverse-raster, reverse-columns, random:SEED, a permutation)
     supports_orderings: ClassVar[bool] = True
     #: completion is an exact conditional draw for *any* mask (not only a prefix): no warning
     supports_completion_any_mask: ClassVar[bool] = False
     #: ``sample(..., cuda_graph=True)`` is available (CUDA, unconditional sampling)
     supports_cuda_graph: ClassVar[bool] = False
+    #: listed by ``available_models`` (and ``chainrule train --model``); False for a model made
+    #: from trained ones (the mixture), which checkpoints still load by name
+    listed: ClassVar[bool] = True
     #: CPU threads for the sampling loop (None: leave torch's setting)
     sample_threads: ClassVar[int | None] = None
 

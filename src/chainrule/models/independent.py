@@ -37,7 +37,7 @@ class IndependentConfig:
     ordering: str | list[int] = field(
         default="raster",
         metadata={
-            "help": "pixel ordering (raster, random:SEED or a permutation); irrelevant to this model's joint, kept for a uniform interface"
+            "help": "pixel ordering (raster, columns, reverse-raster, reverse-columns, random:SEED or a permutation); irrelevant to this model's joint, kept for a uniform interface"
         },
     )
     smoothing: float = field(

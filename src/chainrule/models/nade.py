@@ -104,7 +104,7 @@ class NADEFamilyConfig:
 @dataclass
 class NADEConfig(NADEFamilyConfig):
     ordering: str | list[int] = ordering_field(
-        "the first (or only) ordering: raster, random:SEED or a permutation"
+        "the first (or only) ordering: raster, columns, reverse-raster, reverse-columns, random:SEED or a permutation"
     )
     ensemble: int = field(
         default=1, metadata={"help": "E orderings in the uniform mixture (1: a single NADE)"}

@@ -7,7 +7,10 @@ from dataclasses import field
 from typing import Any
 
 #: the ``ordering`` option's help where a model has one ordering
-ORDERING_HELP = "pixel ordering: raster (default), random:SEED or a permutation"
+ORDERING_HELP = (
+    "pixel ordering: raster (default), columns, reverse-raster, reverse-columns, random:SEED "
+    "or a permutation"
+)
 
 
 def ordering_field(help: str = ORDERING_HELP) -> Any:

@@ -36,9 +36,11 @@ def register(cls: type[AutoregressiveModel]) -> type[AutoregressiveModel]:
 
 
 def available_models() -> list[str]:
-    """The registered model names, in the order of the ladder."""
-    known = [n for n in LADDER if n in _REGISTRY]
-    return known + sorted(set(_REGISTRY) - set(known))
+    """The registered model names, in the order of the ladder (not those made from trained
+    models rather than trained from scratch: the mixture, which ``model_class`` still finds)."""
+    listed = {n for n, cls in _REGISTRY.items() if getattr(cls, "listed", True)}
+    known = [n for n in LADDER if n in listed]
+    return known + sorted(listed - set(known))
 
 
 def model_class(name: str) -> type[AutoregressiveModel]:
