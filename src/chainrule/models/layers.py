@@ -849,26 +849,61 @@ def lstm_into(g: Tensor, c_prev: Tensor, u: int, h_out: Tensor, c_out: Tensor) -
 
 
 class ConvCache:
-    """A masked k x k convolution evaluated one output pixel at a time from a cache of its
-    (padded, channels-last) input ``(n, H + p, W + 2 pw, I)``; rows below are never needed."""
+    """A masked k x k convolution evaluated one output pixel at a time, in raster order.
 
-    def __init__(self, conv: MaskedConv2d, n: int, h: int, w: int, like: Tensor):
-        self.wt, self.bias, self.p, self.pw = causal_rows_weight(conv)
-        i = conv.weight.shape[1]
-        self.buf = like.new_zeros(n, h + self.p, w + 2 * self.pw, i)
-        self.n = n
+    Its output at ``(r, c)`` is split in two: the rows *above* (complete once row ``r``
+    begins) for every column of the row at once, one product per row (:meth:`begin_row`); and
+    the current row's causal part, columns ``c - pw .. c`` (the mask zeroes the others), one
+    small product per pixel (:meth:`out`). The current row's input lives in its own buffer
+    ``cur`` ``(n, W + 2 pw, I)`` (zero padding on both sides) whose per-column views are made
+    once, so a pixel costs a copy and a product, no indexing; the rows above, in ``buf``
+    ``(n, p + H, W + 2 pw, I)`` (``p`` zero rows on top), receive ``cur`` when the next row
+    begins. ``fill`` is the value of a pixel not yet seen (the full pass sees it too)."""
 
-    def put(self, r: int, c: int, v: Tensor) -> None:
-        """Store the input ``(n, I)`` at pixel ``(r, c)``."""
-        self.buf[:, r + self.p, c + self.pw] = v
+    def __init__(
+        self, conv: MaskedConv2d, n: int, h: int, w: int, like: Tensor, fill: float | Tensor = 0.0
+    ):
+        wm = conv.masked_weight()  # (O, I, kh, kw)
+        o, i, kh, kw = wm.shape
+        self.p, self.pw, self.n, self.w = kh // 2, kw // 2, n, w
+        p, pw = self.p, self.pw
+        bias = conv.bias if conv.bias is not None else wm.new_zeros(o)
+        # the current row, columns c - pw .. c, laid out like cur[:, c : c + pw + 1]
+        self.w_cur = wm[:, :, p, : pw + 1].permute(2, 1, 0).reshape(-1, o).contiguous()
+        self.w_above = wm[:, :, :p, :].permute(2, 3, 1, 0).reshape(-1, o).contiguous()
+        self.bias = bias
+        self.fill = fill
+        self.buf = like.new_zeros(n, p + h, w + 2 * pw, i) if p else None
+        self.cur = like.new_zeros(n, w + 2 * pw, i)
+        self.cur[:, pw : pw + w] = fill
+        self.above = bias.expand(n, w, o).contiguous()  # row 0: only padding above
+        self.slot = [self.cur[:, c + pw] for c in range(w)]  # (n, I) input at column c
+        self.patch = [self.cur[:, c : c + pw + 1].reshape(n, -1) for c in range(w)]
+        self.above_at = [self.above[:, c] for c in range(w)]  # (n, O)
+        self.row = 0
 
-    def patch(self, r: int, c: int) -> Tensor:
-        """The causal rows of the input patch around ``(r, c)``, flat: ``(n, (p+1) kw I)``."""
-        return self.buf[:, r : r + self.p + 1, c : c + 2 * self.pw + 1].reshape(self.n, -1)
+    def begin_row(self, r: int) -> None:
+        """Start row ``r``: the finished row goes to ``buf``, the part of every output of row
+        ``r`` that the rows above give is computed, and ``cur`` is reset."""
+        if r == self.row:
+            return
+        p, pw, n, w = self.p, self.pw, self.n, self.w
+        self.row = r
+        if self.buf is not None:
+            self.buf[:, p + r - 1] = self.cur
+            rows = self.buf[:, r : r + p]  # (n, p, W + 2pw, I): input rows r-p .. r-1
+            cols = rows.unfold(2, 2 * pw + 1, 1)  # (n, p, W, I, kw)
+            cols = cols.permute(0, 2, 1, 4, 3).reshape(n * w, -1)  # (n W, p kw I)
+            torch.addmm(self.bias, cols, self.w_above, out=self.above.view(n * w, -1))
+        self.cur[:, pw : pw + w] = self.fill
 
-    def out(self, r: int, c: int) -> Tensor:
-        """Output ``(n, O)`` at ``(r, c)`` (the input at ``(r, c)`` must be stored)."""
-        return torch.addmm(self.bias, self.patch(r, c), self.wt)
+    def put(self, c: int, v: Tensor) -> None:
+        """Store the input ``(n, I)`` at column ``c`` of the current row."""
+        self.slot[c].copy_(v)
+
+    def out(self, c: int) -> Tensor:
+        """Output ``(n, O)`` at column ``c`` of the current row (its input must be stored)."""
+        return torch.addmm(self.above_at[c], self.patch[c], self.w_cur)
 
 
 class StackCache:
@@ -897,48 +932,71 @@ class PixelCNNBlockCache:
         self.conv = ConvCache(conv, n, h, w, like)
 
     def begin_row(self, r: int) -> None:
-        pass
+        self.conv.begin_row(r)
 
     def pixel(self, r: int, c: int, s: Tensor) -> Tensor:
-        self.conv.put(r, c, F.relu(s))
-        return s + self.conv.out(r, c)
+        conv = self.conv
+        torch.clamp_min(s, 0.0, out=conv.slot[c])  # relu(s) straight into the cache
+        return torch.add(s, conv.above_at[c]).addmm_(conv.patch[c], conv.w_cur)
 
 
 class RowLSTMCache:
     """``s + proj(RowLSTMLayer(s))`` one pixel at a time: per pixel, the masked 1 x k
-    input-to-state product over the current row's cached input and one LSTM update; per row,
-    the state-to-state convolution of the previous row."""
+    input-to-state product over the current row's cached input and one LSTM update written
+    into preallocated buffers (every per-column view made once); per row, the state-to-state
+    convolution of the row above for all columns in one product."""
 
     def __init__(self, block: Residual, n: int, h: int, w: int, like: Tensor):
         rnn = block.rnn
         assert isinstance(rnn, RowLSTMLayer)
-        self.u, self.k = rnn.units, rnn.kernel
-        self.conv = ConvCache(rnn.input_to_state, n, 1, w, like)  # one row (kernel height 1)
-        self.s2s = rnn.state_to_state.reshape(4 * self.u, self.u * self.k).t()  # (h*k, 4h)
-        self.proj_w, self.proj_b = linear_of(block.proj)
+        u = self.u = rnn.units
+        self.k = rnn.kernel
+        self.conv = ConvCache(rnn.input_to_state, n, 1, w, like)  # kernel height 1: no rows above
+        self.s2s = rnn.state_to_state.reshape(4 * u, u * self.k).t()  # (h*k, 4h)
+        proj_w, proj_b = linear_of(block.proj)
+        self.proj = torch.cat([proj_w, proj_b[None]])  # (h + 1, F): h carries a trailing 1
         self.n, self.w = n, w
-        self.h_prev = like.new_zeros(n, w, self.u)  # (h, c) of the row above
-        self.c_prev = like.new_zeros(n, w, self.u)
-        self.h_cur = like.new_zeros(n, w, self.u)
-        self.c_cur = like.new_zeros(n, w, self.u)
-        # state-to-state gates of the row above, plus the input-to-state bias: (n, W, 4h)
-        self.gss = self.conv.bias.expand(n, w, 4 * self.u)  # row 0: the state above is zero
+        # (h, c) of two rows, the current one and the one above (swapped each row)
+        self.h = [like.new_zeros(n, w, u + 1) for _ in range(2)]
+        for t in self.h:
+            t[..., u] = 1.0
+        self.c = [like.new_zeros(n, w, u) for _ in range(2)]
+        self.h_at = [[t[:, c] for c in range(w)] for t in self.h]  # (n, h + 1) with the 1
+        self.hu_at = [[t[:, c, :u] for c in range(w)] for t in self.h]  # (n, h)
+        self.c_at = [[t[:, c] for c in range(w)] for t in self.c]
+        self.now = 0  # which of the two is the current row's
+        # state-to-state gates of the row above plus the input-to-state bias: (n, W, 4h)
+        self.gss = self.conv.bias.expand(n, w, 4 * u).contiguous()  # row 0: nothing above
+        self.gss_at = [self.gss[:, c] for c in range(w)]
+        self.g = like.new_empty(n, 4 * u)  # gates (i, f, o, g), and views of its parts
+        self.g_sig, self.g_tanh = self.g[:, : 3 * u], self.g[:, 3 * u :]
+        self.sg = like.new_empty(n, 3 * u)  # sigmoid(i, f, o)
+        self.i, self.f, self.o = self.sg[:, :u], self.sg[:, u : 2 * u], self.sg[:, 2 * u :]
+        self.fc, self.tg, self.tc = (like.new_empty(n, u) for _ in range(3))
+        self.row = 0
 
     def begin_row(self, r: int) -> None:
-        if r == 0:
+        if r == self.row:
             return
-        self.h_prev, self.h_cur = self.h_cur, self.h_prev
-        self.c_prev, self.c_cur = self.c_cur, self.c_prev
-        p = self.k // 2
-        hp = F.pad(self.h_prev, (0, 0, p, p))  # (n, W + 2p, h)
-        cols = hp.unfold(1, self.k, 1).reshape(self.n * self.w, self.u * self.k)
-        self.gss = torch.addmm(self.conv.bias, cols, self.s2s).view(self.n, self.w, 4 * self.u)
+        self.row = r
+        self.now = 1 - self.now
+        n, w, u, k = self.n, self.w, self.u, self.k
+        above = self.h[1 - self.now][..., :u]  # (n, W, h)
+        hp = F.pad(above, (0, 0, k // 2, k // 2))  # (n, W + 2p, h)
+        cols = hp.unfold(1, k, 1).reshape(n * w, u * k)
+        torch.addmm(self.conv.bias, cols, self.s2s, out=self.gss.view(n * w, 4 * u))
 
     def pixel(self, r: int, c: int, s: Tensor) -> Tensor:
-        self.conv.put(0, c, s)
-        g = torch.addmm(self.gss[:, c], self.conv.patch(0, c), self.conv.wt)  # (n, 4h)
-        h = lstm_into(g, self.c_prev[:, c], self.u, self.h_cur[:, c], self.c_cur[:, c])
-        return torch.addmm(s + self.proj_b, h, self.proj_w)
+        conv, now = self.conv, self.now
+        conv.slot[c].copy_(s)
+        torch.addmm(self.gss_at[c], conv.patch[c], conv.w_cur, out=self.g)
+        torch.sigmoid(self.g_sig, out=self.sg)
+        torch.mul(self.f, self.c_at[1 - now][c], out=self.fc)
+        torch.tanh(self.g_tanh, out=self.tg)
+        cell = torch.addcmul(self.fc, self.i, self.tg, out=self.c_at[now][c])
+        torch.tanh(cell, out=self.tc)
+        torch.mul(self.o, self.tc, out=self.hu_at[now][c])
+        return torch.addmm(s, self.h_at[now][c], self.proj)
 
 
 class DiagonalBiLSTMStackCache:

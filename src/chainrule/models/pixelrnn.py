@@ -349,7 +349,9 @@ class PixelDecoder:
         self.model, self.n, self.c, self.w = model, n, c, w
         self.order = model.decoder_order()
         like = torch.zeros((), device=model._device, dtype=model._dtype)
-        self.input = ConvCache(model.input_conv, n, h, w, like)
+        # the scaled value of an unseen pixel is never used (its weights are masked to exact
+        # zeros), but keep the cache equal to what a full pass sees: 0 -> scale(0)
+        self.input = ConvCache(model.input_conv, n, h, w, like, fill=model._scale(like))
         blocks = [cast(Residual | PixelCNNBlock, b) for b in model.blocks]  # see _make_block
         self.stack = blocks[0].stack_cache(blocks, n, h, w, like)
         self.out1_w, self.out1_b = linear_of(model.out_conv1)
@@ -358,10 +360,6 @@ class PixelDecoder:
         self.out2 = [
             (w2[:, k * p : (k + 1) * p].contiguous(), b2[k * p : (k + 1) * p]) for k in range(c)
         ]
-        # the scaled value of an unseen pixel is never used (its weights are masked to exact
-        # zeros), but keep the cache equal to what a full pass sees: 0 -> scale(0)
-        inp = self.input
-        inp.buf[:, inp.p :, inp.pw : inp.pw + w] = model._scale(like)
         self.row = -1  # the row begun
         self.last = -1  # the last channel of the current pixel whose pass ran
 
@@ -369,13 +367,14 @@ class PixelDecoder:
         pixel, k = divmod(i, self.c)
         r, col = divmod(pixel, self.w)
         if r != self.row:
+            self.input.begin_row(r)
             self.stack.begin_row(r)
             self.row = r
         return r, col, k
 
     def _column(self, r: int, col: int) -> Tensor:
         """Run pixel ``(r, col)`` through the stack (updating the caches): ``(n, F)``."""
-        return self.stack.pixel(r, col, self.input.out(r, col))
+        return self.stack.pixel(r, col, self.input.out(col))
 
     def params(self, i: int) -> Tensor:
         r, col, k = self._where(i)
@@ -388,13 +387,13 @@ class PixelDecoder:
     def tell(self, i: int, value: Tensor) -> None:
         r, col, k = self._where(i)
         inp = self.input
-        inp.buf[:, r + inp.p, col + inp.pw, k] = self.model._scale(value)
+        inp.slot[col][:, k] = self.model._scale(value)
         if k == self.c - 1:
             if self.last != k:  # a later channel was given: bring every colour group up to date
                 self._column(r, col)
             self.last = -1
             if col == self.w - 1:
-                image_row = inp.buf[:, r + inp.p, inp.pw : inp.pw + self.w].transpose(0, 1)
+                image_row = inp.cur[:, inp.pw : inp.pw + self.w].transpose(0, 1)
                 self.stack.end_row(r, image_row)  # (W, n, C)
 
 
