@@ -70,7 +70,8 @@ def test_recipes_command_lists_names_settings_and_results(capsys):
     assert "test NLL 1018.700 nats" in out  # rnade-mnist's recorded result
     code, out, err = run(capsys, "recipes", "--json")
     doc = json.loads(out)
-    assert set(doc) == set(recipes.names())
+    assert set(doc) == set(recipes.names()) | set(recipes.MIXTURES)
+    assert all(doc[n]["kind"] == "mixture" and doc[n]["commands"] for n in recipes.MIXTURES)
     assert doc["nade-binarized-mnist"]["train"]["time_budget_min"] == 55
     code, out, err = run(capsys, "recipes", "nope")
     assert "unknown recipe 'nope'" in one_line(code, err)
@@ -111,3 +112,26 @@ def test_an_unknown_recipe_is_one_line(capsys, tmp_path):
     line = one_line(code, err)
     assert "unknown recipe 'nope'" in line and "digits-ladder-nade" in line
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", list(recipes.MIXTURES))
+def test_every_mixture_recipe_is_commands_the_cli_accepts(name, capsys):
+    import shlex
+
+    from chainrule.cli import build_parser
+
+    commands = recipes.mixture_commands(name)
+    assert commands[-1].startswith("chainrule mix ") and len(commands) >= 2
+    parser = build_parser()
+    for c in commands:
+        argv = shlex.split(c)[1:]
+        args = parser.parse_args(argv)  # argparse exits (status 2) on a flag it does not know
+        if argv[0] == "train":
+            r = recipes.recipe(args.recipe)  # the member's recipe exists
+            assert args.out and r["model"]
+    # `chainrule recipes` shows the commands; `train --recipe` says it is several, in one line
+    code, out, _ = run(capsys, "recipes")
+    assert code == 0 and all(c in out for c in commands)
+    code, out, err = run(capsys, "train", "--recipe", name)
+    line = one_line(code, err)
+    assert "mixture recipe" in line and commands[-1] in line

@@ -228,6 +228,60 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 
+#: recipes made of several runs and one ``chainrule mix`` (an ensemble of separately trained
+#: models): each step is an ordinary command (a training resumes with ``--resume``), listed by
+#: ``chainrule recipes`` and :func:`mixture_commands`; a member is a ``recipe`` with flags that
+#: override it, or shipped weights (``checkpoint``)
+MIXTURES: dict[str, dict[str, Any]] = {
+    "nade-mixture-binarized-mnist": {
+        "description": "the uniform mixture of four NADEs (H=500) on fixed binarized MNIST, "
+        "one per ordering: the shipped raster NADE and three more trained by the NADE recipe "
+        "in 55 CPU minutes each (one thread) on the columns, reverse-raster and "
+        "reverse-columns orderings",
+        "members": [
+            {"checkpoint": "pretrained:nade-binarized-mnist"},
+            *(
+                {
+                    "recipe": "nade-binarized-mnist",
+                    "flags": {"ordering": o, "budget_clock": "cpu"},
+                    "out": f"runs/nade-{o}",
+                }
+                for o in ("columns", "reverse-raster", "reverse-columns")
+            ),
+        ],
+        "out": "runs/nade-mixture",
+    },
+}
+
+
+def mixture(name: str) -> dict[str, Any]:
+    """A copy of mixture recipe ``name``; ValueError (one line) when unknown."""
+    if name not in MIXTURES:
+        raise ValueError(f"unknown mixture recipe {name!r}; mixtures: {', '.join(MIXTURES)}")
+    return copy.deepcopy(MIXTURES[name])
+
+
+def mixture_commands(name: str) -> list[str]:
+    """The commands a mixture recipe stands for: each member's training, then the mix."""
+    m = mixture(name)
+    commands, checkpoints = [], []
+    for member in m["members"]:
+        if "checkpoint" in member:
+            checkpoints.append(member["checkpoint"])
+            continue
+        flags = " ".join(
+            f"--{k.replace('_', '-')} {_value(v)}" for k, v in member.get("flags", {}).items()
+        )
+        commands.append(
+            f"chainrule train --recipe {member['recipe']} {flags} --out {member['out']}".replace(
+                "  ", " "
+            )
+        )
+        checkpoints.append(member["out"])
+    commands.append(f"chainrule mix {' '.join(checkpoints)} --out {m['out']}")
+    return commands
+
+
 #: where a flag's name differs from the TrainConfig field it sets
 _FLAG_NAMES = {"time_budget_min": "time-budget"}
 
@@ -238,8 +292,15 @@ def names() -> list[str]:
 
 def recipe(name: str) -> dict[str, Any]:
     """A copy of recipe ``name``; ValueError (one line, listing the names) when unknown."""
+    if name in MIXTURES:
+        raise ValueError(
+            f"{name!r} is a mixture recipe, several commands: " + "; ".join(mixture_commands(name))
+        )
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
+        raise ValueError(
+            f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}; "
+            f"mixtures: {', '.join(MIXTURES)}"
+        )
     return copy.deepcopy(RECIPES[name])
 
 
@@ -282,4 +343,4 @@ def recorded_result(name: str) -> dict[str, Any] | None:
                 "test_nll_nats": e["test_nll_nats"],
                 "source": f"pretrained:{key} ({e.get('date', '')})",
             }
-    return RECIPES.get(name, {}).get("result")
+    return (RECIPES.get(name) or MIXTURES.get(name) or {}).get("result")

@@ -20,6 +20,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from chainrule import pretrained, recipes
 
     shipped = {e.get("recipe"): key for key, e in pretrained.index().items()}
+    if args.name in recipes.MIXTURES:
+        return _print_mixtures([args.name], args.json)
     if args.name:
         recipes.recipe(args.name)  # an unknown name: one line listing the recipes
     chosen = [args.name] if args.name else recipes.names()
@@ -33,6 +35,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             }
             for n in chosen
         }
+        if not args.name:
+            doc.update(_mixture_docs(list(recipes.MIXTURES)))
         print(json.dumps(doc, indent=2))
         return 0
     for n in chosen:
@@ -45,7 +49,40 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         )
         weights = f"weights: pretrained:{shipped[n]}" if n in shipped else "weights: none shipped"
         print(f"{n}\n  {r['description']}\n  {recipes.recipe_command(n)}\n  {nll}; {weights}")
+    if not args.name:
+        _print_mixtures(list(recipes.MIXTURES), False)
     print("run one with: chainrule train --recipe NAME [--data-dir DIR] [flags that override it]")
+    return 0
+
+
+def _mixture_docs(names: list[str]) -> dict:
+    from chainrule import recipes
+
+    return {
+        n: {"kind": "mixture", **recipes.mixture(n), "commands": recipes.mixture_commands(n)}
+        for n in names
+    }
+
+
+def _print_mixtures(names: list[str], as_json: bool) -> int:
+    """Mixture recipes: description, the commands (members' trainings, then the mix), result."""
+    from chainrule import recipes
+
+    if as_json:
+        print(json.dumps(_mixture_docs(names), indent=2))
+        return 0
+    for n in names:
+        m = recipes.mixture(n)
+        res = m.get("result")
+        nll = (
+            f"test NLL {res['test_nll_nats']:.3f} nats ({res.get('source', '')})"
+            if res
+            else "test NLL not recorded"
+        )
+        steps = "\n".join(f"    {c}" for c in recipes.mixture_commands(n))
+        print(
+            f"{n} (a mixture: run these commands in turn)\n  {m['description']}\n{steps}\n  {nll}"
+        )
     return 0
 
 
