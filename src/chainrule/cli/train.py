@@ -174,9 +174,15 @@ def _apply_recipe(args: argparse.Namespace) -> tuple[str, str, dict, dict, dict]
         if settings.get(field) != v:
             overrides[field] = (settings.get(field), v)
         settings[field] = v
+    from .options import TRAIN_FLAG_NAMES
+
     for key, (old, new) in overrides.items():
-        was = "not set" if old is None else f"{old}"
-        info(f"overridden by the command line: {flag(key)} {new} (recipe: {was})")
+        was = "not set" if old is None else f"{old:g}" if isinstance(old, float) else f"{old}"
+        now = f"{new:g}" if isinstance(new, float) else f"{new}"
+        info(
+            f"overridden by the command line: {flag(TRAIN_FLAG_NAMES.get(key, key))} {now} "
+            f"(recipe: {was})"
+        )
     record = {
         "name": args.recipe,
         "settings": {
