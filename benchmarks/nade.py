@@ -66,11 +66,11 @@ def reference_sample(model, n: int, generator: torch.Generator) -> torch.Tensor:
     w, v = model.weight_in[:, 0], model.weight_out[:, 0]
     b, act = model.bias_out[:, 0], model.config.activation
     d = w.shape[0]
-    u = torch.log(draw_uniforms(n, (d,), generator, device=w.device).to(w.dtype))  # as the model
+    u = draw_uniforms(n, (d,), generator, device=w.device).to(w.dtype)  # the model's uniforms
     a = model.bias_hidden.expand(n, -1)
     out = []
     for i in range(d):
-        x_i = (u[:, i] < F.logsigmoid(activate(a, act) @ v[i] + b[i])).to(w.dtype)  # u < p
+        x_i = (u[:, i] < torch.sigmoid(activate(a, act) @ v[i] + b[i])).to(w.dtype)  # u < p
         out.append(x_i)
         a = a + x_i[:, None] * w[i]
     return torch.stack(out, 1)

@@ -39,20 +39,21 @@ class Bernoulli:
     @staticmethod
     def sample(params: Tensor, u: Tensor) -> Tensor:
         logit = params[..., 0]
-        # x = 1 iff u < sigmoid(l)  <=>  log u < logsigmoid(l); compared in log space
-        return (torch.log(u.to(logit.dtype)) < F.logsigmoid(logit)).to(logit.dtype)
+        # x = 1 iff u < sigmoid(l)  <=>  logit(u) < l (logit is increasing): no exp, no log
+        # of the parameters, and exact at the ends (logit(0) = -inf: a zero u always gives 1)
+        return (torch.logit(u.to(logit.dtype)) < logit).to(logit.dtype)
 
     @staticmethod
     def prepare(us: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
         """For a sampler that draws one dimension at a time: the ``(n, D)`` uniforms turned
-        into ``(D, n)`` rows of ``log u`` once (:meth:`draw` takes row ``i``)."""
-        return [torch.log(us[0].to(dtype)).T.contiguous()]
+        into ``(D, n)`` rows of ``logit(u)`` once (:meth:`draw` takes row ``i``)."""
+        return [torch.logit(us[0].to(dtype)).T.contiguous()]
 
     @staticmethod
-    def draw(params: Tensor, log_u: Tensor) -> Tensor:
-        """:meth:`sample` from a prepared row of ``log u``; the values as booleans (the caller
-        converts them once)."""
-        return log_u < F.logsigmoid(params[..., 0])
+    def draw(params: Tensor, logit_u: Tensor) -> Tensor:
+        """:meth:`sample` from a prepared row of ``logit(u)``: one comparison per step; the
+        values as booleans (the caller converts them once)."""
+        return logit_u < params[..., 0]
 
 
 class Categorical:

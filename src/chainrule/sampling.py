@@ -11,7 +11,7 @@ The decoding protocol (what a model implements):
 
 * ``model.head``: the output head; ``head.uniforms`` uniforms per dimension (1 or 2); optional
   ``head.prepare(us, dtype)`` / ``head.draw(params, *rows_i)`` transform the uniforms once for
-  the whole loop (Bernoulli: ``log u``), else ``head.sample(params, *u_i)``.
+  the whole loop (Bernoulli: ``logit(u)``), else ``head.sample(params, *u_i)``.
 * ``model.decoder(n, part=0) -> Decoder``: start decoding ``n`` images.
 * ``Decoder.order``: ``(D,)`` the flat ``(C, H, W)`` index visited at each step.
 * ``Decoder.params(i) -> (n, P)``: the head parameters of step ``i``, from the values told for
@@ -179,7 +179,7 @@ def _loop(model, n: int, us: list[Tensor], given, mask, generator, make) -> Tens
             xo = torch.where(mo, go, xo)
     else:
         every = mo.all(0).tolist() if mo is not None else [False] * d  # one host sync
-        # the uniforms as (D, n) rows, transformed once where the head can (Bernoulli: log u)
+        # the uniforms as (D, n) rows, transformed once where the head can (Bernoulli: logit u)
         prepare = getattr(head, "prepare", None)
         rows = prepare(us, model._dtype) if prepare is not None else [u.T for u in us]
         draw = getattr(head, "draw", head.sample)
