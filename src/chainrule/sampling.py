@@ -85,6 +85,42 @@ def is_prefix(mask: Tensor, order: Tensor) -> bool:
     return not bool((free_seen & m).any())  # ... no later step is given
 
 
+def choose_components(
+    n: int,
+    orders: Tensor,
+    given: Tensor | None,
+    mask: Tensor | None,
+    prefix_log_probs: Callable[[Tensor, Tensor], Tensor],
+    generator: torch.Generator | None,
+    *,
+    device: torch.device,
+    every: str,
+    each: str,
+) -> Tensor:
+    """Each image's component of a uniform mixture whose K components visit ``orders``
+    ``(K, D)``: uniformly, or, for a completion whose given pixels are a prefix of every
+    component's ordering, from p(k | given) ∝ p_k(given), with ``prefix_log_probs(given, m)``
+    ``(n, K)`` each component's log-likelihood of the given pixels (``m``: the flat ``(n, D)``
+    mask). Otherwise uniformly, with a warning: "... not a prefix of every ``every``: each
+    sample's ``each`` is drawn uniformly ...". Draws one uniform per image (after the per-dimension ones).
+    Returns ``(n,)`` int64."""
+    u = draw_uniforms(n, (1,), generator, device=device)[:, 0]
+    logw = torch.zeros(n, orders.shape[0], device=u.device, dtype=torch.float64)
+    if given is not None and mask is not None:
+        m = mask.flatten(1)
+        if all(is_prefix(m, o) for o in orders):
+            logw = prefix_log_probs(given, m).double()
+        else:
+            warnings.warn(
+                f"the given pixels are not a prefix of every {every}: each sample's {each} is "
+                "drawn uniformly and each free pixel from p(x_i | x_<i), so the "
+                "completion is not an exact draw from p(rest | given)",
+                stacklevel=6,
+            )
+    cdf = torch.softmax(logw, 1).cumsum(1)
+    return (cdf[:, :-1] <= u[:, None].double()).sum(1)
+
+
 NOT_PREFIX = (
     "the given pixels are not a prefix of the model's ordering: each free pixel is drawn "
     "from p(x_i | x_<i), which ignores given pixels that come later in the ordering, so "

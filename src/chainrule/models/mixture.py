@@ -34,7 +34,6 @@ a mixture itself.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -187,23 +186,12 @@ class Mixture(AutoregressiveModel):
 
     def choose_parts(self, n, given, mask, generator) -> Tensor:
         """Each image's member: uniformly, or from p(k | given) for a completion whose given
-        pixels are a prefix of every member's ordering (otherwise uniformly, with a warning).
-        Draws one uniform per image, after the per-dimension ones."""
-        u = sampling.draw_uniforms(n, (1,), generator, device=self._device)[:, 0]
-        logw = torch.zeros(n, self.num_members, device=u.device, dtype=torch.float64)
-        if given is not None:
-            m = mask.flatten(1)
-            if self.is_prefix_of_every_member(m):
-                logw = self._prefix_log_probs(given, m).double()
-            else:
-                warnings.warn(
-                    "the given pixels are not a prefix of every member's ordering: each "
-                    "sample's member is drawn uniformly and each free pixel from p(x_i | x_<i), "
-                    "so the completion is not an exact draw from p(rest | given)",
-                    stacklevel=5,
-                )
-        cdf = torch.softmax(logw, 1).cumsum(1)
-        return (cdf[:, :-1] <= u[:, None].double()).sum(1)
+        pixels are a prefix of every member's ordering (otherwise uniformly, with a warning):
+        :func:`chainrule.sampling.choose_components`."""
+        return sampling.choose_components(
+            n, self.orders, given, mask, self._prefix_log_probs, generator,
+            device=self._device, every="member's ordering", each="member",
+        )  # fmt: skip
 
 
 def from_models(models: list[AutoregressiveModel]) -> Mixture:

@@ -51,7 +51,6 @@ rank-M around the bias (raise ``embed_dim`` up to K for the full softmax).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -446,28 +445,21 @@ class NADE(DiscreteOrderedModel):
     def choose_parts(self, n, given, mask, generator) -> Tensor | None:
         """Each sample's ordering (ensemble only): uniformly, or from p(e | given) for a
         completion whose given pixels are a prefix of every ordering (otherwise uniformly,
-        with a warning). Draws one uniform per image, after the per-dimension ones."""
-        n_e = self.config.ensemble
-        if n_e == 1:
+        with a warning): :func:`chainrule.sampling.choose_components`."""
+        if self.config.ensemble == 1:
             return None
-        u_e = sampling.draw_uniforms(n, (1,), generator, device=self._device)[:, 0]
-        logw = torch.zeros(n, n_e, device=u_e.device, dtype=torch.float64)
-        if given is not None:
-            m = mask.flatten(1)
-            if all(sampling.is_prefix(m, o) for o in self.orders):
-                for e in range(n_e):
-                    mo = m[:, self.orders[e]]
-                    lp = self.ordered_log_probs(given, e)  # prefix conditionals ignore the rest
-                    logw[:, e] = torch.where(mo, lp, torch.zeros_like(lp)).sum(1).double()
-            else:
-                warnings.warn(
-                    "the given pixels are not a prefix of every ordering of the ensemble: each "
-                    "sample's ordering is drawn uniformly and each free pixel from p(x_i | x_<i), "
-                    "so the completion is not an exact draw from p(rest | given)",
-                    stacklevel=5,
-                )
-        cdf = torch.softmax(logw, 1).cumsum(1)
-        return (cdf[:, :-1] <= u_e[:, None].double()).sum(1)
+
+        def prefix_log_probs(given: Tensor, m: Tensor) -> Tensor:
+            cols = []
+            for e, order in enumerate(self.orders):
+                lp = self.ordered_log_probs(given, e)  # prefix conditionals ignore the rest
+                cols.append(torch.where(m[:, order], lp, torch.zeros_like(lp)).sum(1))
+            return torch.stack(cols, 1)
+
+        return sampling.choose_components(
+            n, self.orders, given, mask, prefix_log_probs, generator,
+            device=self._device, every="ordering of the ensemble", each="ordering",
+        )  # fmt: skip
 
 
 class NADEDecoder:
