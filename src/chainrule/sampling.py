@@ -102,8 +102,8 @@ def choose_components(
     component's ordering, from p(k | given) ∝ p_k(given), with ``prefix_log_probs(given, m)``
     ``(n, K)`` each component's log-likelihood of the given pixels (``m``: the flat ``(n, D)``
     mask). Otherwise uniformly, with a warning: "... not a prefix of every ``every``: each
-    sample's ``each`` is drawn uniformly ...". Draws one uniform per image (after the per-dimension ones).
-    Returns ``(n,)`` int64."""
+    sample's ``each`` is drawn uniformly ...". Draws one uniform per image (after the
+    per-dimension ones). Returns ``(n,)`` int64."""
     u = draw_uniforms(n, (1,), generator, device=device)[:, 0]
     logw = torch.zeros(n, orders.shape[0], device=u.device, dtype=torch.float64)
     if given is not None and mask is not None:

@@ -820,19 +820,6 @@ class Residual(nn.Module):
 # :class:`chainrule.models.pixelrnn.PixelDecoder`, drives them): a stack cache has
 # ``begin_row(r)``, ``pixel(r, c, s) -> s'`` (``s``: ``(n, F)`` the stream at pixel (r, c)) and
 # ``end_row(r, image_row)`` (``image_row``: ``(W, n, C)`` the finished row's scaled values).
-def causal_rows_weight(conv: MaskedConv2d) -> tuple[Tensor, Tensor, int, int]:
-    """The masked weight restricted to the rows at and above the centre, laid out for a
-    channels-last patch: ``(p + 1) * kw * I`` inputs -> ``O`` outputs, as ``(in, O)``.
-
-    Returns ``(weight_t, bias, p, pw)`` with ``p = kh // 2``, ``pw = kw // 2``."""
-    w = conv.masked_weight()  # (O, I, kh, kw)
-    o, _, kh, kw = w.shape
-    p = kh // 2
-    wt = w[:, :, : p + 1, :].permute(0, 2, 3, 1).reshape(o, -1).t().contiguous()
-    bias = conv.bias if conv.bias is not None else w.new_zeros(o)
-    return wt, bias, p, kw // 2
-
-
 def linear_of(conv: MaskedConv2d) -> tuple[Tensor, Tensor]:
     """A masked 1 x 1 convolution as ``(I, O)`` weight and ``(O,)`` bias."""
     w = conv.masked_weight()[:, :, 0, 0]
@@ -883,10 +870,12 @@ class ConvCache:
         self.row = 0
 
     def begin_row(self, r: int) -> None:
-        """Start row ``r``: the finished row goes to ``buf``, the part of every output of row
-        ``r`` that the rows above give is computed, and ``cur`` is reset."""
+        """Start row ``r`` (rows come in order): the finished row goes to ``buf``, the part of
+        every output of row ``r`` that the rows above give is computed, and ``cur`` is reset."""
         if r == self.row:
             return
+        if r != self.row + 1:
+            raise RuntimeError(f"ConvCache: row {r} begun after row {self.row}; rows come in order")
         p, pw, n, w = self.p, self.pw, self.n, self.w
         self.row = r
         if self.buf is not None:
@@ -988,7 +977,7 @@ class RowLSTMCache:
 
     def pixel(self, r: int, c: int, s: Tensor) -> Tensor:
         conv, now = self.conv, self.now
-        conv.slot[c].copy_(s)
+        conv.put(c, s)
         torch.addmm(self.gss_at[c], conv.patch[c], conv.w_cur, out=self.g)
         torch.sigmoid(self.g_sig, out=self.sg)
         torch.mul(self.f, self.c_at[1 - now][c], out=self.fc)
