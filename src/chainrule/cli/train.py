@@ -20,6 +20,7 @@ from .common import (
     info,
 )
 from .options import (
+    TRAIN_FLAG_NAMES,
     add_model_flags,
     add_train_flags,
     given_train_settings,
@@ -174,8 +175,6 @@ def _apply_recipe(args: argparse.Namespace) -> tuple[str, str, dict, dict, dict]
         if settings.get(field) != v:
             overrides[field] = (settings.get(field), v)
         settings[field] = v
-    from .options import TRAIN_FLAG_NAMES
-
     for key, (old, new) in overrides.items():
         was = "not set" if old is None else f"{old:g}" if isinstance(old, float) else f"{old}"
         now = f"{new:g}" if isinstance(new, float) else f"{new}"
