@@ -32,7 +32,9 @@ def raster_order(event_shape: tuple[int, int, int]) -> Tensor:
 
 #: the orderings named by a word (besides ``random:SEED``)
 NAMED = ("raster", "columns", "reverse-raster", "reverse-columns")
-_SPECS = "'raster', 'columns', 'reverse-raster', 'reverse-columns', 'random:SEED'"
+#: the specs by name, for help lines: "raster, columns, ..., random:SEED"
+SPEC_NAMES = ", ".join((*NAMED, "random:SEED"))
+_SPECS = ", ".join(f"'{s}'" for s in (*NAMED, "random:SEED"))
 
 
 def named_order(name: str, event_shape: tuple[int, int, int]) -> Tensor:

@@ -16,6 +16,8 @@ import functools
 import typing
 from typing import Any
 
+from chainrule.orderings import SPEC_NAMES
+
 from .common import (
     UserError,
     flag,
@@ -32,7 +34,7 @@ MODEL_HELP_FALLBACK = {
     "hidden": "hidden units per layer",
     "layers": "number of layers",
     "order": "order k of a Markov chain",
-    "ordering": "pixel ordering: raster, columns, reverse-raster, reverse-columns, random:SEED, or a JSON list giving the permutation",
+    "ordering": f"pixel ordering: {SPEC_NAMES}, or a JSON list giving the permutation",
     "components": "mixture components of RNADE",
     "preset": "a named configuration of the model (see PRESETS below)",
 }

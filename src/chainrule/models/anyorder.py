@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .. import sampling
 from ..distributions import frequency_bias, head_for
-from ..orderings import check_ordering_spec, given_first, resolve_ordering
+from ..orderings import SPEC_NAMES, check_ordering_spec, given_first, resolve_ordering
 from .base import AutoregressiveModel
 from .options import check_choice, check_int, ordering_field
 
@@ -63,7 +63,7 @@ class OrderAgnosticConfig:
     layers: int = field(default=1, metadata={"help": "hidden layers"})
     activation: str = field(default="relu", metadata={"help": "hidden activation: relu or sigmoid"})
     ordering: str | list[int] = ordering_field(
-        "the default ordering: raster, columns, reverse-raster, reverse-columns, random:SEED or a permutation"
+        f"the default ordering: {SPEC_NAMES} or a permutation"
     )
     ensemble: int = field(default=1, metadata={"help": "E members averaged at test time"})
     embed_dim: int = field(

@@ -60,7 +60,7 @@ class AutoregressiveModel(nn.Module):
     train_defaults: ClassVar[dict[str, Any]] = {}
 
     # capabilities, declared (the tests are driven by them)
-    #: the model has an ``ordering`` option (raster, columns, reverse-raster, reverse-columns, random:SEED, a permutation)
+    #: the model has an ``ordering`` option (see :mod:`chainrule.orderings`)
     supports_orderings: ClassVar[bool] = True
     #: completion is an exact conditional draw for *any* mask (not only a prefix): no warning
     supports_completion_any_mask: ClassVar[bool] = False

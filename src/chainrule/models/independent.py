@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..orderings import SPEC_NAMES
 from .base import AutoregressiveModel
 from .ordered import DiscreteOrderedModel
 from .registry import register
@@ -37,7 +38,8 @@ class IndependentConfig:
     ordering: str | list[int] = field(
         default="raster",
         metadata={
-            "help": "pixel ordering (raster, columns, reverse-raster, reverse-columns, random:SEED or a permutation); irrelevant to this model's joint, kept for a uniform interface"
+            "help": f"pixel ordering ({SPEC_NAMES} or a permutation); irrelevant to this "
+            "model's joint, kept for a uniform interface"
         },
     )
     smoothing: float = field(

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from .. import sampling
 from ..distributions import frequency_bias
-from ..orderings import check_ordering_spec, resolve_ordering
+from ..orderings import SPEC_NAMES, check_ordering_spec, resolve_ordering
 from .base import canonical_impl
 from .options import check_choice, check_int, check_nonnegative, ordering_field
 from .ordered import DiscreteOrderedModel
@@ -103,7 +103,7 @@ class NADEFamilyConfig:
 @dataclass
 class NADEConfig(NADEFamilyConfig):
     ordering: str | list[int] = ordering_field(
-        "the first (or only) ordering: raster, columns, reverse-raster, reverse-columns, random:SEED or a permutation"
+        f"the first (or only) ordering: {SPEC_NAMES} or a permutation"
     )
     ensemble: int = field(
         default=1, metadata={"help": "E orderings in the uniform mixture (1: a single NADE)"}

@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Any
 
+from ..orderings import SPEC_NAMES
+
 #: the ``ordering`` option's help where a model has one ordering
-ORDERING_HELP = (
-    "pixel ordering: raster (default), columns, reverse-raster, reverse-columns, random:SEED "
-    "or a permutation"
-)
+ORDERING_HELP = f"pixel ordering: {SPEC_NAMES} or a permutation (default raster)"
 
 
 def ordering_field(help: str = ORDERING_HELP) -> Any:
