@@ -36,15 +36,12 @@ def cmd_mix(args: argparse.Namespace) -> int:
         mix = from_models(models)
     except ValueError as e:
         raise UserError(str(e)) from None
-    datas = []
-    for c in args.checkpoints:
-        saved = run_config(c)
-        datas.append((saved or {}).get("data"))
-    data = datas[0] if datas and all(d == datas[0] for d in datas) else None
+    saved = [run_config(c) or {} for c in args.checkpoints]  # each member's run, if recorded
+    datas = [s.get("data") for s in saved]
+    data = datas[0] if all(d == datas[0] for d in datas) else None
     size = sum(p.numel() * p.element_size() for p in mix.parameters())
     check_run_folder(out, resume=False, need_bytes=size, overwrite=args.overwrite)
     weights = save(mix, out)
-    first = run_config(args.checkpoints[0]) or {}
     config = {
         "command": " ".join(["chainrule", *getattr(args, "argv", sys.argv[1:])]),
         "model": "mixture",
@@ -53,7 +50,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
             for c, m in zip(args.checkpoints, models, strict=True)
         ],
         "data": data,
-        "data_dir": first.get("data_dir") if data else None,
+        "data_dir": saved[0].get("data_dir") if data else None,
     }
     config_path = out / "config.json"
     write_json(config_path, config)
