@@ -945,7 +945,7 @@ class RowLSTMCache:
         proj_w, proj_b = linear_of(block.proj)
         self.proj = torch.cat([proj_w, proj_b[None]])  # (h + 1, F): h carries a trailing 1
         self.n, self.w = n, w
-        # (h, c) of two rows, the current one and the one above (swapped each row)
+        # (h, c) of two rows: row r's in [r % 2], the row above's in the other
         self.h = [like.new_zeros(n, w, u + 1) for _ in range(2)]
         for t in self.h:
             t[..., u] = 1.0
@@ -953,7 +953,6 @@ class RowLSTMCache:
         self.h_at = [[t[:, c] for c in range(w)] for t in self.h]  # (n, h + 1) with the 1
         self.hu_at = [[t[:, c, :u] for c in range(w)] for t in self.h]  # (n, h)
         self.c_at = [[t[:, c] for c in range(w)] for t in self.c]
-        self.now = 0  # which of the two is the current row's
         # state-to-state gates of the row above plus the input-to-state bias: (n, W, 4h)
         self.gss = self.conv.bias.expand(n, w, 4 * u).contiguous()  # row 0: nothing above
         self.gss_at = [self.gss[:, c] for c in range(w)]
@@ -968,15 +967,14 @@ class RowLSTMCache:
         if r == self.row:
             return
         self.row = r
-        self.now = 1 - self.now
         n, w, u, k = self.n, self.w, self.u, self.k
-        above = self.h[1 - self.now][..., :u]  # (n, W, h)
+        above = self.h[1 - r % 2][..., :u]  # (n, W, h)
         hp = F.pad(above, (0, 0, k // 2, k // 2))  # (n, W + 2p, h)
         cols = hp.unfold(1, k, 1).reshape(n * w, u * k)
         torch.addmm(self.conv.bias, cols, self.s2s, out=self.gss.view(n * w, 4 * u))
 
     def pixel(self, r: int, c: int, s: Tensor) -> Tensor:
-        conv, now = self.conv, self.now
+        conv, now = self.conv, self.row % 2
         conv.put(c, s)
         torch.addmm(self.gss_at[c], conv.patch[c], conv.w_cur, out=self.g)
         torch.sigmoid(self.g_sig, out=self.sg)
