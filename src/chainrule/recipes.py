@@ -279,14 +279,10 @@ def mixture_commands(name: str) -> list[str]:
         if "checkpoint" in member:
             checkpoints.append(member["checkpoint"])
             continue
-        flags = " ".join(
-            f"--{k.replace('_', '-')} {_value(v)}" for k, v in member.get("flags", {}).items()
-        )
-        commands.append(
-            f"chainrule train --recipe {member['recipe']} {flags} --out {member['out']}".replace(
-                "  ", " "
-            )
-        )
+        words = ["chainrule", "train", "--recipe", member["recipe"]]
+        for k, v in member.get("flags", {}).items():
+            words += [f"--{k.replace('_', '-')}", _value(v)]
+        commands.append(" ".join([*words, "--out", member["out"]]))
         checkpoints.append(member["out"])
     commands.append(f"chainrule mix {' '.join(checkpoints)} --out {m['out']}")
     return commands
