@@ -199,9 +199,8 @@ def throughput(args, device, x) -> list[dict]:
                                 device,
                             )
                         te = timed(lambda m=m: eval_pass(m, x, device, args.amp), device)
-                    except (
-                        Exception
-                    ) as e:  # the CUDA-graph variant may fail to record: note it, go on
+                    except Exception as e:
+                        # an optional variant (the CUDA-graph one) may fail: note it, go on
                         if not optional:
                             raise
                         res[v]["compile_error"] = f"{type(e).__name__}: {str(e)[:300]}"
