@@ -476,6 +476,34 @@ def test_14_the_time_budget_can_count_cpu_time(capsys, tmp_path, monkeypatch):
     assert result["stop_reason"] == "time budget" and result["clock"] == "cpu"
     assert 0 < result["epochs"] < 0.05 and result["seconds"] >= 30
     assert re.search(r"epochs? in [\d.]+ CPU s on", out)
+    assert "time budget of 0.5 CPU min reached" in err
+
+
+def test_14_progress_lines_count_the_budget_clock(capsys, tmp_path, monkeypatch):
+    """Under --budget-clock cpu the plain progress lines within an epoch give the run's CPU
+    minutes. A wall clock a minute per reading (far from the CPU clock's origin) prints a line
+    after every step; the slow CPU clock lets the run take many steps before its budget."""
+    import itertools
+    import types
+
+    from chainrule.training import trainer
+
+    cpu, wall = itertools.count(), itertools.count()
+    clocks = types.SimpleNamespace(  # the trainer's clocks only (plots time themselves too)
+        process_time=lambda: 0.5 * next(cpu), perf_counter=lambda: 1e6 + 61.0 * next(wall)
+    )
+    monkeypatch.setattr(trainer, "time", clocks)
+    run_dir = tmp_path / "r"
+    code, out, err = run(capsys, "train", *SLOW, "--batch-size", "1", "--max-train", "1257",
+                         "--epochs", "1", "--time-budget", "0.2", "--budget-clock", "cpu",
+                         "--out", run_dir)  # fmt: skip
+    assert code == 0, err
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["stop_reason"] == "time budget"
+    progress = re.findall(r"step \d+/\d+, train NLL [\d.]+ \(([\d.]+) CPU min\)", err)
+    assert len(progress) >= 2, err
+    minutes = [float(m) for m in progress]
+    assert minutes == sorted(minutes) and 0 < minutes[-1] <= result["seconds"] / 60, err
 
 
 # ---------------------------------------------------------------------- 15. the summary

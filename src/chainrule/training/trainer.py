@@ -504,7 +504,7 @@ class Trainer:
             else f"the end of epoch {c['epoch']}"
         )
         self.say(
-            f"resuming {run.path} at {where} after {done_seconds / 60:.1f} min "
+            f"resuming {run.path} at {where} after {self.minutes(done_seconds)} "
             f"(best valid NLL {c['best_valid']:.3f} at epoch {c['best_epoch']})"
         )
         return order
@@ -512,7 +512,8 @@ class Trainer:
     def _budget_text(self) -> str:
         """The time budget, for the message when it ran out (so there is one)."""
         assert self.budget is not None
-        return f"time budget of {self.budget / 60:g} min"
+        cpu = " CPU" if self.cfg.budget_clock == "cpu" else ""
+        return f"time budget of {self.budget / 60:g}{cpu} min"
 
     def _adam(self) -> torch.optim.Optimizer:
         """The optimizer of an Adam run (made by :meth:`_fit_adam`)."""
@@ -522,6 +523,12 @@ class Trainer:
     def elapsed(self) -> float:
         """Seconds of the whole run so far (earlier sessions included) on the budget's clock."""
         return self.clock() - self.start
+
+    def minutes(self, seconds: float | None = None) -> str:
+        """``seconds`` (default: the whole run so far) as minutes on the budget's clock, named:
+        "12.5 min" or "12.5 CPU min"."""
+        value = self.elapsed() if seconds is None else seconds
+        return f"{value / 60:.1f} {'CPU min' if self.cfg.budget_clock == 'cpu' else 'min'}"
 
     def over_budget(self) -> bool:
         """This process's clock has passed the time budget."""
@@ -614,7 +621,7 @@ class Trainer:
             if plain and now - last_line >= 60:
                 _log(
                     f"  epoch {epoch + 1}: step {done}/{n_batches}, train NLL {total / count:.3f} "
-                    f"({(now - self.start) / 60:.1f} min)"
+                    f"({self.minutes()})"
                 )
                 last_line = now
             if self.writer is not None and done < n_batches:
@@ -725,7 +732,8 @@ class Trainer:
             else f"  (validated every {cfg.valid_every} epochs)"
         )
         self.say(
-            f"epoch {epoch_name}  train {train_nll:9.3f}{checked}  {row['seconds']:7.1f} s"
+            f"epoch {epoch_name}  train {train_nll:9.3f}{checked}  {row['seconds']:7.1f} "
+            f"{'CPU s' if cfg.budget_clock == 'cpu' else 's'}"
             f"{'  *' if improved else ''}"
         )
         # why the run stops here, if it does: recorded in this checkpoint (for --resume)
