@@ -65,7 +65,9 @@ def _pixelrnn_paper(hours: float = 2.0) -> dict[str, dict[str, Any]]:
     machine's two cores, counted as CPU time (``budget_clock`` cpu: 2 x 60 x ``hours`` CPU
     minutes, so a loaded machine gives the same run, only later), lr annealed over the budget,
     the state saved every five minutes (``chainrule train --resume RUN`` continues after an
-    interruption). Run with ``OMP_NUM_THREADS=2``."""
+    interruption). Run with ``OMP_NUM_THREADS=2`` and OpenMP's default waiting: under
+    ``OMP_WAIT_POLICY=PASSIVE`` two threads train the recurrent layers slower than one
+    (``benchmarks/threads.py``)."""
     return {
         f"{model}-paper-binarized-mnist-{hours:g}h": {
             "description": f"{model}, preset paper-mnist ({', '.join(f'{k} {v}' for k, v in PRESETS[model]['paper-mnist'].items())}), "
