@@ -279,6 +279,8 @@ class Trainer:
         self.budget = 60 * cfg.time_budget_min if cfg.time_budget_min else None
         #: the budget's clock: wall time, or the process's CPU time (--budget-clock cpu)
         self.clock = time.process_time if cfg.budget_clock == "cpu" else time.perf_counter
+        #: what every printed time says of its clock: "CPU " (then "s" or "min") or nothing
+        self.clock_word = "CPU " if cfg.budget_clock == "cpu" else ""
         self.start = self.clock()
         self.epochs_done: float = 0
         self.stop_reason = "epochs"
@@ -512,8 +514,7 @@ class Trainer:
     def _budget_text(self) -> str:
         """The time budget, for the message when it ran out (so there is one)."""
         assert self.budget is not None
-        cpu = " CPU" if self.cfg.budget_clock == "cpu" else ""
-        return f"time budget of {self.budget / 60:g}{cpu} min"
+        return f"time budget of {self.budget / 60:g} {self.clock_word}min"
 
     def _adam(self) -> torch.optim.Optimizer:
         """The optimizer of an Adam run (made by :meth:`_fit_adam`)."""
@@ -528,7 +529,7 @@ class Trainer:
         """``seconds`` (default: the whole run so far) as minutes on the budget's clock, named:
         "12.5 min" or "12.5 CPU min"."""
         value = self.elapsed() if seconds is None else seconds
-        return f"{value / 60:.1f} {'CPU min' if self.cfg.budget_clock == 'cpu' else 'min'}"
+        return f"{value / 60:.1f} {self.clock_word}min"
 
     def over_budget(self) -> bool:
         """This process's clock has passed the time budget."""
@@ -732,8 +733,8 @@ class Trainer:
             else f"  (validated every {cfg.valid_every} epochs)"
         )
         self.say(
-            f"epoch {epoch_name}  train {train_nll:9.3f}{checked}  {row['seconds']:7.1f} "
-            f"{'CPU s' if cfg.budget_clock == 'cpu' else 's'}"
+            f"epoch {epoch_name}  train {train_nll:9.3f}{checked}  "
+            f"{row['seconds']:7.1f} {self.clock_word}s"
             f"{'  *' if improved else ''}"
         )
         # why the run stops here, if it does: recorded in this checkpoint (for --resume)
