@@ -4,7 +4,8 @@ Two parts, both written to ``benchmarks/results/nade.json`` (and printed):
 
 1. Throughput at one batch size (default 512), NADE with H hidden units (default 500), raster
    order: a training step (forward, backward, Adam step) and sampling, for chainrule's NADE
-   (``impl=auto``: the sparse in-place path on CPU, the blockwise recomputing path on CUDA)
+   (``impl=auto``: the compiled kernel on CPU, :mod:`chainrule.native`, with the PyTorch
+   sparse in-place path it replaces timed beside it; the blockwise recomputing path on CUDA)
    beside the *reference*: the per-dimension Python loop that public implementations use
    (``a = a + x_i W_i; h = sigmoid(a); logit_i = h . V_i + b_i``, autograd through the loop),
    run on the same weights, the same data, in the same process, interleaved repeat by repeat.
@@ -110,6 +111,20 @@ def throughput(args, device, data) -> dict:
         (-reference_log_prob(model, xf).mean()).backward()
         opt.step()
 
+    cpu_binary = device.type == "cpu"  # the PyTorch in-place path beside the compiled one
+
+    def step_sparse():
+        opt.zero_grad(set_to_none=True)
+        (-model._log_prob(x, "sparse").mean()).backward()
+        opt.step()
+
+    def sample_sparse():
+        impl, model.config.impl = model.config.impl, "sparse"
+        try:
+            model.sample(n, generator=torch.Generator(gen_device).manual_seed(0))
+        finally:
+            model.config.impl = impl
+
     gen_device = "cpu"
     n = args.batch_size
 
@@ -126,15 +141,18 @@ def throughput(args, device, data) -> dict:
             model.sample(n, generator=torch.Generator(gen_device).manual_seed(1)).flatten(1),
             reference_sample(model, n, torch.Generator(gen_device).manual_seed(1)),
         )
-    step_fast(), step_ref(), sample_fast(), sample_ref()  # warm-up
-    times = {"train_fast": [], "train_ref": [], "sample_fast": [], "sample_ref": []}
-    cpu = {k: [] for k in times}
     fns = {
         "train_fast": step_fast,
         "train_ref": step_ref,
         "sample_fast": sample_fast,
         "sample_ref": sample_ref,
     }
+    if cpu_binary and model._impl(xf) == "native":
+        fns.update(train_sparse=step_sparse, sample_sparse=sample_sparse)
+    for fn in fns.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu = {k: [] for k in times}
     for r in range(args.repeats):
         for k, fn in fns.items():
             wall, c = timed(fn, device)
@@ -160,6 +178,7 @@ def throughput(args, device, data) -> dict:
         "sample_images_per_s_reference": n / med["sample_ref"],
         "sample_speedup": med["sample_ref"] / med["sample_fast"],
         "sampler_equals_reference_bit_for_bit": bool(same),
+        "native_kernel": model.uses_native(),
         "weights": "random (default init) with output biases at the logits of the training pixel means",
         "fraction_of_ones_in_samples": ones,
         "fraction_of_ones_in_data": data["train"].mean().item(),
@@ -169,8 +188,21 @@ def throughput(args, device, data) -> dict:
         "train_speedup_cpu_time": med_cpu["train_ref"] / med_cpu["train_fast"],
         "sample_speedup_cpu_time": med_cpu["sample_ref"] / med_cpu["sample_fast"],
         "load_average_at_end": load_average(),
+        "threads": torch.get_num_threads(),
         "note": "a training step is forward + backward + Adam step of -mean log p(x) over one batch",
     }
+    if "train_sparse" in med:  # the PyTorch path the compiled kernel replaces
+        res.update(
+            train_images_per_s_sparse=n / med["train_sparse"],
+            train_speedup_sparse=med["train_ref"] / med["train_sparse"],
+            sample_images_per_s_sparse=n / med["sample_sparse"],
+            sample_speedup_sparse=med["sample_ref"] / med["sample_sparse"],
+        )
+        print(
+            f"(PyTorch sparse path: train {res['train_speedup_sparse']:.2f}x, sample "
+            f"{res['sample_speedup_sparse']:.2f}x the reference)",
+            flush=True,
+        )
     print(
         f"train: {res['train_images_per_s']:.0f} img/s vs reference {res['train_images_per_s_reference']:.0f} img/s "
         f"-> {res['train_speedup']:.2f}x;  sample: {res['sample_images_per_s']:.0f} img/s vs reference "

@@ -29,7 +29,8 @@ def nade(event_shape=(1, 3, 4), levels=2, **opts):
 
 
 def log_prob(model, x, impl):
-    """``log p(x)`` by a fast path ("sparse", "block") or by the oracle's loop ("naive")."""
+    """``log p(x)`` by a fast path ("native", "sparse", "block") or by the oracle's loop
+    ("naive")."""
     return nade_log_prob(model, x) if impl == "naive" else model._log_prob(x, impl)
 
 
@@ -52,7 +53,7 @@ def test_fast_paths_equal_the_naive_loop(activation, ordering, levels, block):
     model = nade(levels=levels, activation=activation, ordering=ordering, block=block)
     x = torch.randint(0, levels, (7, 1, 3, 4), generator=torch.Generator().manual_seed(1))
     ref_lp, ref_g = values_and_grads(model, x.double(), "naive")
-    impls = ["block", "sparse"] if levels == 2 else ["block"]
+    impls = ["block", "sparse", "native"] if levels == 2 else ["block"]
     for impl in impls:
         lp, g = values_and_grads(model, x.double(), impl)
         torch.testing.assert_close(lp, ref_lp, rtol=0, atol=1e-10)
@@ -68,7 +69,7 @@ def test_fast_paths_equal_naive_with_three_channels_and_an_ensemble(levels):
     model = nade((3, 2, 2), levels, ensemble=3, activation="relu")
     x = torch.randint(0, levels, (5, 3, 2, 2), generator=torch.Generator().manual_seed(2)).double()
     ref_lp, ref_g = values_and_grads(model, x, "naive")
-    for impl in ["block", "sparse"] if levels == 2 else ["block"]:
+    for impl in ["block", "sparse", "native"] if levels == 2 else ["block"]:
         lp, g = values_and_grads(model, x, impl)
         torch.testing.assert_close(lp, ref_lp, rtol=0, atol=1e-10)
         for name in ref_g:
@@ -87,19 +88,20 @@ def test_block_path_gives_the_input_gradient_of_the_naive_loop():
     assert grads[0].abs().sum() > 0
 
 
-def test_sparse_and_block_agree_in_float32_at_a_realistic_size():
+def test_fast_paths_agree_in_float32_at_a_realistic_size():
     torch.manual_seed(0)
     model = chainrule.build("nade", (1, 10, 10), 2, hidden=40).float()
     x = (torch.rand(64, 1, 10, 10) < 0.15).float()
-    lp = {impl: log_prob(model, x, impl) for impl in ("naive", "sparse", "block")}
-    torch.testing.assert_close(lp["sparse"], lp["naive"], rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(lp["block"], lp["naive"], rtol=1e-5, atol=1e-4)
+    lp = {impl: log_prob(model, x, impl) for impl in ("naive", "native", "sparse", "block")}
+    for impl in ("native", "sparse", "block"):
+        torch.testing.assert_close(lp[impl], lp["naive"], rtol=1e-5, atol=1e-4, msg=impl)
 
 
-def test_auto_path_is_sparse_on_cpu_and_block_for_levels_or_input_gradients():
+def test_auto_path_is_native_on_cpu_and_block_for_levels_or_input_gradients():
     model = nade()
     x = torch.zeros(2, 12, dtype=torch.float64)
-    assert model._impl(x) == "sparse"
+    assert model._impl(x) == "native"  # the kernel builds here (tests/test_native.py)
+    assert nade(impl="sparse")._impl(x) == "sparse"
     assert model._impl(x.requires_grad_(True)) == "block"
     assert nade(levels=3)._impl(torch.zeros(2, 12)) == "block"
     assert nade(impl="naive").config.impl == "auto"  # a saved config's older name
@@ -117,7 +119,7 @@ def test_a_batch_of_one_does_not_touch_the_parameters():
 # ---------------------------------------------------------------------- normalization
 @pytest.mark.parametrize("activation", ["sigmoid", "relu"])
 @pytest.mark.parametrize("ordering", ORDERINGS, ids=["raster", "random", "list"])
-@pytest.mark.parametrize("impl", ["naive", "sparse", "block"])
+@pytest.mark.parametrize("impl", ["naive", "native", "sparse", "block"])
 def test_binary_normalizes_over_all_4096_states(activation, ordering, impl):
     model = nade(activation=activation, ordering=ordering)
     lp = log_prob(model, all_states((1, 3, 4), 2), impl)  # n = 12
@@ -191,10 +193,13 @@ def test_samplers_equal_the_naive_recomputing_sampler_bit_for_bit(levels, activa
     oracle = copy.copy(model)  # the naive sampler's passes through the per-dimension loop
     oracle.teacher_params = lambda xo, part=0: nade_teacher_params(model, xo, part)
     ref = naive_sample(oracle, 200, generator=torch.Generator().manual_seed(7))
-    fast = model.sample(200, generator=torch.Generator().manual_seed(7))
+    fast = model.sample(200, generator=torch.Generator().manual_seed(7))  # binary: native
     dense = model.sample(200, generator=torch.Generator().manual_seed(7), sparse=False)
+    model.config.impl = "sparse"  # the PyTorch in-place decoder
+    sparse = model.sample(200, generator=torch.Generator().manual_seed(7))
     assert torch.equal(fast, ref)
     assert torch.equal(dense, ref)
+    assert torch.equal(sparse, ref)
     assert 0 < ref.mean() < levels - 1  # not a constant image
 
 

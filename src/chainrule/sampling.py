@@ -20,6 +20,9 @@ The decoding protocol (what a model implements):
   order ``0 .. D-1``).
 * optional ``Decoder.sample_all(u)``: for a model whose dimensions are independent, every
   step's values at once from the ``(n, D)`` uniforms (no loop).
+* optional ``Decoder.fused(*us, given, mask)``: the whole loop in one call (a compiled kernel,
+  NADE's on the CPU): the ``(n, D)`` uniforms, the given values and mask in step order (or
+  ``None``), the same draws as the loop; returns the values ``(n, D)`` in step order.
 * ``model.teacher_params(xo, part=0) -> (n, D, P)``: every step's head parameters from values
   ``(n, D)`` in the step order at once (the density's own pass, teacher forcing). The naive
   oracle (:func:`naive_sample`) samples through it, one full pass per step.
@@ -173,6 +176,21 @@ class _Parts:
         for r, dec in zip(self.rows, self.decoders, strict=True):
             dec.tell(i, value[r])
 
+    def __getattr__(self, name: str) -> Any:
+        if name == "fused" and all(hasattr(dec, "fused") for dec in self.decoders):
+            return self._fused
+        raise AttributeError(name)
+
+    def _fused(self, u: Tensor, given: Tensor | None, mask: Tensor | None) -> Tensor:
+        """Each part's whole loop on its own rows (the parts' ``fused``)."""
+        out = torch.empty(u.shape, dtype=torch.uint8, device=u.device)
+        for r, dec in zip(self.rows, self.decoders, strict=True):
+            g = m = None
+            if given is not None and mask is not None:
+                g, m = given[r], mask[r]
+            out[r] = dec.fused(u[r], g, m).to(out.dtype)
+        return out
+
 
 def _start(model, n, given, mask, generator, make: Callable[[int, Any], Any]):
     """The decoder of ``n`` images: ``make(n, part)``, or a mixture of parts (the model's
@@ -209,10 +227,13 @@ def _loop(model, n: int, us: list[Tensor], given, mask, generator, make) -> Tens
         else:
             go, mo = g.gather(1, order), m.gather(1, order)
     sample_all = getattr(decoder, "sample_all", None)
+    fused = getattr(decoder, "fused", None)
     if sample_all is not None:
         xo = sample_all(*us)
         if go is not None and mo is not None:
             xo = torch.where(mo, go, xo)
+    elif fused is not None:
+        xo = fused(*us, go, mo).to(model._dtype)
     else:
         every = mo.all(0).tolist() if mo is not None else [False] * d  # one host sync
         # the uniforms as (D, n) rows, transformed once where the head can (Bernoulli: logit u)

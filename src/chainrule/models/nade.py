@@ -32,10 +32,15 @@ Computation paths for the D conditionals (equal to float rounding; the tests hol
 per-dimension loop of the paper, ``tests/oracles/nade.py``, to 1e-10 in float64, values and
 gradients):
 
-* ``sparse`` (binary data, default on CPU): a per-step in-place loop inside a custom autograd
-  Function. With binary inputs a_i changes only on the rows whose previous pixel is 1, so the
-  activation and hidden units are updated on those rows only; the backward pass walks the steps
-  in reverse, restoring the saved rows, and never holds the (B, D, H) activations.
+* ``native`` (binary data on the CPU, the default there wherever it builds): the same loop as
+  ``sparse`` compiled (:mod:`chainrule.native`): tiles of rows, each tile's hidden units kept in
+  the core's cache, the backward recomputing each row's hidden units between ones; one call
+  for the whole forward, backward or sampling loop instead of about eight operations a pixel.
+* ``sparse`` (binary data; the CPU default where the kernel cannot be built): a per-step
+  in-place loop inside a custom autograd Function. With binary inputs a_i changes only on the
+  rows whose previous pixel is 1, so the activation and hidden units are updated on those rows
+  only; the backward pass walks the steps in reverse, restoring the saved rows, and never holds
+  the (B, D, H) activations.
 * ``block`` (default on CUDA, and for K levels): steps in blocks of ``block``; within a block the
   activations come from one matrix product with a strictly-lower-triangular mask, and the custom
   backward recomputes them block by block from the saved block-start activations (B, D/T, H)
@@ -52,11 +57,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 
-from .. import sampling
+from .. import native, sampling
 from ..distributions import frequency_bias
 from ..orderings import SPEC_NAMES, check_ordering_spec, resolve_ordering
 from .base import canonical_impl
@@ -65,7 +71,7 @@ from .ordered import DiscreteOrderedModel
 from .registry import register
 
 ACTIVATIONS = ("sigmoid", "relu")
-IMPLS = ("auto", "sparse", "block")
+IMPLS = ("auto", "native", "sparse", "block")
 
 
 @dataclass
@@ -79,7 +85,7 @@ class NADEFamilyConfig:
     impl: str = field(
         default="auto",
         metadata={
-            "help": "computation path: auto (NADE: sparse on CPU for binary data, else block; RNADE: block), sparse (NADE, binary data) or block (an older naive is read as auto)"
+            "help": "computation path: auto (NADE: native on CPU for binary data where the kernel builds, else sparse there, else block; RNADE: block), native (NADE, binary data, CPU: the compiled kernel), sparse (NADE, binary data) or block (an older naive is read as auto)"
         },
     )
     block: int = field(default=32, metadata={"help": "steps per block of the block path"})
@@ -282,6 +288,40 @@ class SparseBinaryNADE(torch.autograd.Function):
         return None, dw, later.sum(0), dv, None
 
 
+class NativeBinaryNADE(torch.autograd.Function):
+    """:class:`SparseBinaryNADE`'s computation in the compiled kernel (:mod:`chainrule.native`).
+
+    forward(x (B,D) in {0,1}, w (D,H), c (H,), v (D,H), activation) -> (B, D) pre-logits. Saves
+    only its inputs: the backward recomputes each row's hidden units between its ones.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, c, v, activation):
+        ext = _kernel()
+        args = [t.contiguous() for t in (x.to(w.dtype), w, c, v)]
+        ctx.sigmoid = activation == "sigmoid"
+        ctx.save_for_backward(*args)
+        return ext.forward(*args, ctx.sigmoid)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, w, c, v = ctx.saved_tensors
+        dw, dc, dv = _kernel().backward(x, w, c, v, grad_out.contiguous(), ctx.sigmoid)
+        return None, dw, dc, dv, None
+
+
+def _kernel() -> ModuleType:
+    ext = native.nade()
+    if ext is None:
+        raise RuntimeError(f"the native NADE kernel is unavailable: {native.why_not('nade')}")
+    return ext
+
+
+def native_available() -> bool:
+    """Whether the compiled NADE kernel can be used here (built now if need be)."""
+    return native.nade() is not None
+
+
 def _rows_by_step(x: Tensor) -> list[Tensor | None]:
     """For each step (column of x), the indices of the rows where x is nonzero (None if none)."""
     nz = x.T.nonzero()  # (N, 2): (step, row), sorted by step
@@ -350,10 +390,32 @@ class NADE(DiscreteOrderedModel):
     def _impl(self, xo: Tensor) -> str:
         impl = self.config.impl
         if impl == "auto":
-            impl = "sparse" if xo.device.type == "cpu" else "block"
-        if impl == "sparse" and (self.levels != 2 or xo.requires_grad):
-            impl = "block"  # the sparse path is for binary inputs without an input gradient
+            impl = "block"
+            if xo.device.type == "cpu" and self.levels == 2:
+                impl = "native" if native_available() else "sparse"
+        if impl in ("sparse", "native") and (self.levels != 2 or xo.requires_grad):
+            impl = "block"  # these paths are for binary inputs without an input gradient
+        if impl == "native" and xo.device.type != "cpu":
+            impl = "block"
         return impl
+
+    def uses_native(self) -> bool:
+        """Whether sampling and the binary CPU paths run the compiled kernel."""
+        if (
+            self.levels != 2
+            or self._device.type != "cpu"
+            or self.config.impl in ("sparse", "block")
+        ):
+            return False
+        return native_available() if self.config.impl == "auto" else self._need_native()
+
+    def _need_native(self) -> bool:
+        if not native_available():
+            raise RuntimeError(
+                f"impl='native' but the compiled NADE kernel is unavailable: "
+                f"{native.why_not('nade')} (use impl='auto' or 'sparse')"
+            )
+        return True
 
     def by_step(self, t: Tensor, e: int = 0) -> Tensor:
         """A per-pixel parameter ``(D, ...)`` in the visiting order of ordering ``e`` (no copy
@@ -373,12 +435,13 @@ class NADE(DiscreteOrderedModel):
         impl = impl or self._impl(xo)
         w, v = self.by_step(self.weight_in, e), self.by_step(self.weight_out, e)
         act = self.config.activation
-        if impl == "sparse":
+        if impl in ("sparse", "native"):
             if self.levels != 2:
-                raise ValueError("the sparse path needs binary data (levels=2)")
-            return SparseBinaryNADE.apply(xo.detach(), w[:, 0], self.bias_hidden, v[:, 0], act)[
-                ..., None
-            ]
+                raise ValueError(f"the {impl} path needs binary data (levels=2)")
+            fn = SparseBinaryNADE
+            if impl == "native" and self._need_native():
+                fn = NativeBinaryNADE  # type: ignore[assignment]
+            return fn.apply(xo.detach(), w[:, 0], self.bias_hidden, v[:, 0], act)[..., None]
         return BlockNADE.apply(self.phi(xo), w, self.bias_hidden, v, None, act, self.config.block)
 
     def ordered_log_probs(self, x: Tensor, e: int = 0, impl: str | None = None) -> Tensor:
@@ -437,7 +500,7 @@ class NADE(DiscreteOrderedModel):
         return self.orders[part]
 
     def decoder(self, n: int, part: int = 0, *, sparse: bool = True) -> NADEDecoder:
-        return NADEDecoder(self, n, part, sparse)
+        return NADEDecoder(self, n, part, sparse, fused=sparse and self.uses_native())
 
     def teacher_params(self, xo: Tensor, part: int = 0) -> Tensor:
         return self.head_params(self.preoutputs(xo, part), self.by_step(self.bias_out, part))
@@ -467,8 +530,10 @@ class NADEDecoder:
     ``a`` ``(n, H)`` and hidden units ``h``; one matrix-vector product per step and one update
     of ``a`` when told a value. Binary with ``sparse``: only the rows whose value is 1 change."""
 
-    def __init__(self, model: NADE, n: int, part: int, sparse: bool):
+    def __init__(self, model: NADE, n: int, part: int, sparse: bool, fused: bool = False):
         self.model, self.sparse = model, sparse
+        if fused:  # the whole loop in one call of the compiled kernel (binary, CPU)
+            self.fused = self._fused
         self.order = model.orders[part]
         self.act = model.config.activation
         self.binary = model.levels == 2
@@ -482,6 +547,21 @@ class NADEDecoder:
         self.w_rows, self.v_rows, self.bias_rows = w.unbind(0), v.unbind(0), bias.unbind(0)
         self.a = model.bias_hidden.unsqueeze(0).repeat(n, 1)  # (n, H), a copy (updated in place)
         self.h = activate(self.a, self.act)
+
+    def _fused(self, u: Tensor, given: Tensor | None, mask: Tensor | None) -> Tensor:
+        """Every step at once: ``u`` ``(n, D)`` uniforms in step order (x = 1 iff
+        ``logit(u) < logit``, as :meth:`chainrule.distributions.Bernoulli.draw`); where ``mask``
+        is set the ``given`` value is kept and told. Returns the values ``(n, D)``."""
+        dt = self.w.dtype
+        thr = torch.logit(u.to(dt)).contiguous()
+        if given is None or mask is None:
+            mask_t, given_t = torch.empty(0, dtype=torch.bool), torch.empty(0, dtype=dt)
+        else:
+            mask_t, given_t = mask.to(torch.bool).contiguous(), given.to(dt).contiguous()
+        w, c, v, b = (
+            t.detach().contiguous() for t in (self.w, self.model.bias_hidden, self.v, self.bias)
+        )
+        return _kernel().sample(w, c, v, b, thr, mask_t, given_t, self.act == "sigmoid")
 
     def params(self, i: int) -> Tensor:
         if self.binary:
@@ -506,6 +586,7 @@ class NADEDecoder:
 __all__ = [
     "NADE",
     "NADEConfig",
+    "NativeBinaryNADE",
     "BlockNADE",
     "SparseBinaryNADE",
     "activate",
