@@ -204,7 +204,17 @@ def counter() -> FlopCounterMode:
 
 
 def count_flops(model, x: torch.Tensor) -> dict[str, float]:
-    """FLOPs per image: the training step's forward + backward, and evaluation's forward."""
+    """FLOPs per image: the training step's forward + backward, and evaluation's forward.
+
+    The counter sees only PyTorch's operations, not a compiled kernel's arithmetic: NADE's
+    kernel (``chainrule.native``) is counted on the PyTorch sparse path, which does the same
+    products (v_i . h per step forward; two per step backward)."""
+    if getattr(model, "uses_native", lambda: False)():
+        impl, model.config.impl = model.config.impl, "sparse"
+        try:
+            return count_flops(model, x)
+        finally:
+            model.config.impl = impl
     model.train()
     with counter() as fc:
         (-model.training_log_prob(x).sum() / len(x)).backward()
