@@ -161,3 +161,11 @@ def test_a_user_command_without_a_compiler_trains_and_says_why_on_one_line(tmp_p
     lines = [ln for ln in done.stderr.splitlines() if "native nade kernel is unavailable" in ln]
     assert len(lines) == 1 and "no C++ compiler" in lines[0]
     assert (tmp_path / "run" / "result.json").exists()
+
+
+def test_disabled_block_runs_the_pytorch_path_and_restores():
+    model = randomize(chainrule.build("nade", (1, 2, 3), 2, hidden=4).double())
+    x = torch.zeros(1, 6)
+    with native.disabled():
+        assert model._impl(x) == "sparse" and not model.uses_native()
+    assert model._impl(x) == "native"

@@ -30,6 +30,8 @@ import sys
 import sysconfig
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -40,6 +42,7 @@ ENV = "CHAINRULE_NATIVE"
 
 _loaded: dict[str, ModuleType | None] = {}
 _why: dict[str, str] = {}
+_disabled = 0
 
 
 class NativeUnavailable(RuntimeError):
@@ -131,7 +134,10 @@ def _build(stem: str) -> ModuleType:
             )
         except Exception as err:  # compiler errors come as RuntimeError or subprocess errors
             lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-            first = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "")
+            first = next(
+                (ln for ln in lines if "error:" in ln),  # the compiler's own message
+                next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else ""),
+            )
             raise RuntimeError(f"build failed: {first[:200]}") from err
         built = next(Path(tmp).glob(f"{name}*.so"), None)
         if built is None:
@@ -142,8 +148,21 @@ def _build(stem: str) -> ModuleType:
     return _import(name, target)
 
 
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Within this block :func:`load` gives None: the PyTorch paths run (to compare them)."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
+
+
 def load(stem: str) -> ModuleType | None:
     """The compiled module ``stem`` (``nade``), or None where it cannot or must not be used."""
+    if _disabled:
+        return None
     if stem in _loaded:
         return _loaded[stem]
     m = mode()
@@ -178,4 +197,13 @@ def why_not(stem: str) -> str | None:
     return _why.get(stem)
 
 
-__all__ = ["NativeUnavailable", "build_flags", "cache_dir", "load", "mode", "nade", "why_not"]
+__all__ = [
+    "NativeUnavailable",
+    "build_flags",
+    "cache_dir",
+    "disabled",
+    "load",
+    "mode",
+    "nade",
+    "why_not",
+]
