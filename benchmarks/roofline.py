@@ -55,6 +55,7 @@ from _common import RESULTS, binarized_mnist, header, load_average, set_threads,
 from torch.utils.flop_counter import FlopCounterMode
 
 import chainrule  # noqa: E402
+from chainrule import native  # noqa: E402
 from chainrule.models.pixelrnn import PRESETS, preset_options  # noqa: E402
 
 MODELS = ("pixelcnn", "row-lstm", "diagonal-bilstm", "nade", "made")
@@ -206,15 +207,14 @@ def counter() -> FlopCounterMode:
 def count_flops(model, x: torch.Tensor) -> dict[str, float]:
     """FLOPs per image: the training step's forward + backward, and evaluation's forward.
 
-    The counter sees only PyTorch's operations, not a compiled kernel's arithmetic: NADE's
-    kernel (``chainrule.native``) is counted on the PyTorch sparse path, which does the same
-    products (v_i . h per step forward; two per step backward)."""
-    if getattr(model, "uses_native", lambda: False)():
-        impl, model.config.impl = model.config.impl, "sparse"
-        try:
-            return count_flops(model, x)
-        finally:
-            model.config.impl = impl
+    The counter sees only PyTorch's operations, not a compiled kernel's arithmetic
+    (``chainrule.native``: NADE's loop, the Diagonal BiLSTM's walk), so the FLOPs are counted
+    on the PyTorch paths, which do the same products."""
+    with native.disabled():
+        return _count_flops(model, x)
+
+
+def _count_flops(model, x: torch.Tensor) -> dict[str, float]:
     model.train()
     with counter() as fc:
         (-model.training_log_prob(x).sum() / len(x)).backward()

@@ -4,6 +4,7 @@ normalization, sampler, presets and option errors."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import chainrule
+from chainrule import native
 from chainrule.models.layers import (
     DiagonalBiLSTMLayer,
     MaskedConv2d,
@@ -167,7 +169,11 @@ def layer_and_oracle(layer, colors, kernel=3, context=True, fin=6, units=4):
     ],
 )
 @pytest.mark.parametrize("colors", [1, 3])
-def test_fused_recurrence_values_and_every_gradient_equal_the_oracle(layer, opts, colors):
+@pytest.mark.parametrize("walk", ["auto", "pytorch"])
+def test_fused_recurrence_values_and_every_gradient_equal_the_oracle(layer, opts, colors, walk):
+    # auto: the Diagonal BiLSTM's compiled walk (chainrule.native); pytorch: its PyTorch walk
+    if walk == "pytorch" and layer == "row":
+        pytest.skip("the Row LSTM has one walk")
     torch.manual_seed(colors)
     mod, oracle = layer_and_oracle(layer, colors, **opts)
     mod.double()
@@ -176,13 +182,14 @@ def test_fused_recurrence_values_and_every_gradient_equal_the_oracle(layer, opts
     ctx = None
     if layer == "diag" and opts["context"]:
         ctx = torch.randn(2, colors, 5, 4, dtype=torch.float64, requires_grad=True)
-    fast = mod(x, ctx) if mod.takes_context else mod(x)
-    ref = oracle(x, ctx)
-    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
-    v = torch.randn_like(fast)
     names, params = zip(*mod.named_parameters(), strict=True)
     inputs = [x, *([ctx] if ctx is not None else []), *params]
-    gf = torch.autograd.grad((fast * v).sum(), inputs)
+    with native.disabled() if walk == "pytorch" else contextlib.nullcontext():
+        fast = mod(x, ctx) if mod.takes_context else mod(x)
+        v = torch.randn_like(fast)
+        gf = torch.autograd.grad((fast * v).sum(), inputs)
+    ref = oracle(x, ctx)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
     gr = torch.autograd.grad((ref * v).sum(), inputs)
     labels = ["x", *(["context"] if ctx is not None else []), *names]
     for label, a, b in zip(labels, gf, gr, strict=True):
@@ -190,7 +197,30 @@ def test_fused_recurrence_values_and_every_gradient_equal_the_oracle(layer, opts
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=lambda m, lab=label: f"{lab}: {m}")
 
 
-def test_fused_recurrences_pass_gradcheck():
+@pytest.mark.parametrize("units", [16, 7])  # 16: the kernel's compiled size (the papers')
+def test_compiled_diagonal_walk_equals_the_oracle_at_the_paper_width(units):
+    from chainrule.models.layers import _diagonal_kernel
+
+    assert _diagonal_kernel(torch.zeros(1)) is not None, native.why_not("diagonal")
+    mod, oracle = layer_and_oracle("diag", 1, fin=5, units=units)
+    mod.double()
+    randomize(mod, seed=4, scale=0.5)
+    x = torch.randn(3, 5, 6, 5, dtype=torch.float64, requires_grad=True)
+    ctx = torch.randn(3, 1, 6, 5, dtype=torch.float64)
+    fast, ref = mod(x, ctx), oracle(x, ctx)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
+    v = torch.randn_like(fast)
+    inputs = [x, *mod.parameters()]
+    for a, b in zip(
+        torch.autograd.grad((fast * v).sum(), inputs),
+        torch.autograd.grad((ref * v).sum(), inputs),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("walk", ["auto", "pytorch"])
+def test_fused_recurrences_pass_gradcheck(walk):
     from chainrule.models.layers import (
         _DiagonalBiLSTMRecurrence,
         _RowLSTMRecurrence,
@@ -204,12 +234,13 @@ def test_fused_recurrences_pass_gradcheck():
         return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
 
     args = (rand(b, f, h, w), rand(4 * u, f, 3), rand(4 * u), rand(4 * u, u, 3))
-    assert torch.autograd.gradcheck(_RowLSTMRecurrence.apply, args)
     plan = diagonal_plan(h, w, torch.device("cpu"))
     gd, wd = rand(2, h * w, b, 4 * u), rand(2, 2, u, 4 * u)
-    assert torch.autograd.gradcheck(
-        lambda a, m: _DiagonalBiLSTMRecurrence.apply(a, m, plan), (gd, wd)
-    )
+    with native.disabled() if walk == "pytorch" else contextlib.nullcontext():
+        assert torch.autograd.gradcheck(_RowLSTMRecurrence.apply, args)
+        assert torch.autograd.gradcheck(
+            lambda a, m: _DiagonalBiLSTMRecurrence.apply(a, m, plan), (gd, wd)
+        )
 
 
 @pytest.mark.parametrize(

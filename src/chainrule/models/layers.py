@@ -62,6 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import native
+
 
 # ---------------------------------------------------------------------- masks
 def channel_groups(n: int, groups: int) -> Tensor:
@@ -476,6 +478,7 @@ class DiagonalPlan:
             above = base[j] + lo[j + 1] - lo[j]  # slot j - 1 (k = j): image row lo_j - 1
             self.steps.append((offset, n, above, base[j + 1] + 1))
             offset += n
+        self.steps_cpu = torch.tensor(self.steps, dtype=torch.int64)  # for the compiled kernel
         r, c = to_diag // w, to_diag % w  # the packed cells, diagonal order
         lo_t = torch.tensor(lo, device=device)
         base_t = torch.tensor(base, device=device)
@@ -530,6 +533,14 @@ class _GatherRows(torch.autograd.Function):
         return dx, None, None
 
 
+def _diagonal_kernel(t: Tensor):
+    """The compiled Diagonal BiLSTM walk (:mod:`chainrule.native`) for a CPU float32 / float64
+    tensor, else None (the PyTorch walk)."""
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
+        return None
+    return native.diagonal()
+
+
 class _DiagonalBiLSTMRecurrence(torch.autograd.Function):
     """Both directions of the Diagonal BiLSTM recurrence as one autograd node, with a
     hand-written backward through time.
@@ -545,14 +556,36 @@ class _DiagonalBiLSTMRecurrence(torch.autograd.Function):
     the cell and gate gradients and two batched products back to the previous diagonal's
     states (added in place); the weight gradients are products over all cells after the loop
     (one per direction and tap), and the gradient of ``gin`` is the gate gradient itself.
+
+    On the CPU (float32 / float64) both walks run in a compiled kernel (:mod:`chainrule.native`,
+    ``diagonal.cpp``): the same arithmetic cell by cell, each cell's two ``h x 4h`` products
+    fused with its LSTM update, one thread per direction; :meth:`_walk` / :meth:`_walk_back` are
+    the PyTorch walks (GPUs, autocast, or where the kernel cannot be built). Both are held to
+    the eager oracle in ``tests/test_pixelrnn.py``.
     """
 
     @staticmethod
     def forward(ctx, gin: Tensor, weight: Tensor, plan: DiagonalPlan) -> Tensor:
-        _, hw, b, u4 = gin.shape
-        u = u4 // 4
         wt = weight.to(gin.dtype)
         w_up, w_left = wt[:, 0], wt[:, 1]  # (2, h, 4h)
+        ext = _diagonal_kernel(gin)
+        if ext is not None:  # the same walk, cell by cell, in one call
+            hs, cs, act, tc = ext.forward(
+                gin.contiguous(), w_up.contiguous(), w_left.contiguous(), plan.steps_cpu, plan.cells
+            )
+        else:
+            hs, cs, act, tc = _DiagonalBiLSTMRecurrence._walk(gin, w_up, w_left, plan)
+        out = hs[0].index_select(0, plan.out0)
+        out[plan.w :].add_(hs[1].index_select(0, plan.out1))  # row 0: direction 0 only
+        ctx.save_for_backward(weight, act, cs, tc, hs)
+        ctx.plan = plan
+        return out
+
+    @staticmethod
+    def _walk(gin: Tensor, w_up: Tensor, w_left: Tensor, plan: DiagonalPlan):
+        """The forward walk over the diagonals in PyTorch: ``(hs, cs, act, tc)``."""
+        _, hw, b, u4 = gin.shape
+        u = u4 // 4
         hs = gin.new_zeros(2, plan.cells, b, u)  # the slots of DiagonalPlan
         cs = hs.new_zeros(hs.shape)
         act = gin.new_empty(gin.shape)
@@ -571,11 +604,7 @@ class _DiagonalBiLSTMRecurrence(torch.autograd.Function):
             t = tc[:, o : o + nr].view(2, nb, u)
             _tanh_into(c, t)
             torch.mul(a[..., 2 * u : 3 * u], t, out=hs[:, cur : cur + nr].view(2, nb, u))
-        out = hs[0].index_select(0, plan.out0)
-        out[plan.w :].add_(hs[1].index_select(0, plan.out1))  # row 0: direction 0 only
-        ctx.save_for_backward(weight, act, cs, tc, hs)
-        ctx.plan = plan
-        return out
+        return hs, cs, act, tc
 
     @staticmethod
     def backward(ctx, dout: Tensor):
@@ -589,6 +618,31 @@ class _DiagonalBiLSTMRecurrence(torch.autograd.Function):
         dout = dout.contiguous()
         dh_all[0].index_copy_(0, plan.out0, dout)
         dh_all[1].index_copy_(0, plan.out1, dout[plan.w :])
+        ext = _diagonal_kernel(act)
+        if ext is not None:
+            w_up_tc, w_left_tc = w_up_t.contiguous(), w_left_t.contiguous()  # (2, 4h, h)
+            dgates = ext.backward(dh_all, w_up_tc, w_left_tc, plan.steps_cpu, cs, act, tc)
+        else:
+            dgates = _DiagonalBiLSTMRecurrence._walk_back(
+                dh_all, w_up_t, w_left_t, act, cs, tc, plan
+            )
+        dg_flat = dgates.view(2, hw * b, u4)
+        # (2, 2, H*W*B, h): the pixel above and to the left of every cell
+        taps = hs.index_select(1, plan.taps).view(2, 2, hw * b, u)
+        dw = torch.stack(
+            [
+                torch.stack([torch.mm(taps[d, t].t(), dg_flat[d]) for t in range(2)])
+                for d in range(2)
+            ]
+        )
+        return dgates, dw.to(weight.dtype), None
+
+    @staticmethod
+    def _walk_back(dh_all, w_up_t, w_left_t, act, cs, tc, plan: DiagonalPlan) -> Tensor:
+        """The backward walk in PyTorch: the gates' gradients ``(2, H*W, B, 4h)``; adds the
+        carried state gradients into ``dh_all``."""
+        _, hw, b, u4 = act.shape
+        u = u4 // 4
         dc_all = cs.new_zeros(cs.shape)
         c_left = cs.index_select(1, plan.left)  # (2, HW, B, h) packed
         fac, q = _lstm_derivative_factors(act, c_left, tc)
@@ -607,16 +661,7 @@ class _DiagonalBiLSTMRecurrence(torch.autograd.Function):
             dgf = dg.view(2, nb, u4)
             dh_all[:, up : up + nr].view(2, nb, u).baddbmm_(dgf, w_up_t)
             dh_all[:, up + 1 : up + 1 + nr].view(2, nb, u).baddbmm_(dgf, w_left_t)
-        dg_flat = dgates.view(2, hw * b, u4)
-        # (2, 2, H*W*B, h): the pixel above and to the left of every cell
-        taps = hs.index_select(1, plan.taps).view(2, 2, hw * b, u)
-        dw = torch.stack(
-            [
-                torch.stack([torch.mm(taps[d, t].t(), dg_flat[d]) for t in range(2)])
-                for d in range(2)
-            ]
-        )
-        return dgates, dw.to(weight.dtype), None
+        return dgates
 
 
 # ---------------------------------------------------------------------- Diagonal BiLSTM

@@ -192,6 +192,11 @@ def nade() -> ModuleType | None:
     return load("nade")
 
 
+def diagonal() -> ModuleType | None:
+    """The Diagonal BiLSTM walk (``forward``, ``backward``), or None."""
+    return load("diagonal")
+
+
 def why_not(stem: str) -> str | None:
     """Why ``load(stem)`` gave None (after it was called), or None."""
     return _why.get(stem)
@@ -201,6 +206,7 @@ __all__ = [
     "NativeUnavailable",
     "build_flags",
     "cache_dir",
+    "diagonal",
     "disabled",
     "load",
     "mode",
