@@ -12,6 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	# the CPU build of torch first (a bare `torch` could pull a multi-GB CUDA build)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test,dev]"
+	# the compiled CPU kernels, once (about a minute; the PyTorch paths run where this fails)
+	-$(PY) -m chainrule.native
 	touch $@
 
 train: install

@@ -169,3 +169,33 @@ def test_disabled_block_runs_the_pytorch_path_and_restores():
     with native.disabled():
         assert model._impl(x) == "sparse" and not model.uses_native()
     assert model._impl(x) == "native"
+
+
+def test_a_library_that_does_not_load_is_removed_and_built_again(fresh, monkeypatch):
+    # a truncated or foreign file where the library should be: it is not trusted; with no
+    # compiler to rebuild it, the PyTorch path runs and the bad file is gone
+    name, path = native.library_path("nade")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a shared library")
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        assert native.nade() is None
+    assert not path.exists()
+
+
+def test_the_build_command_reports_each_kernel(tmp_path):
+    # `python -m chainrule.native` (make install runs it): the default cache holds the built
+    # kernels, so it only loads them; with no compiler and an empty cache, exit 1 and the reason
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("CHAINRULE_NATIVE", None)
+    ok = subprocess.run(
+        [sys.executable, "-m", "chainrule.native"], capture_output=True, text=True, env=env
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert [ln.split(":")[0] for ln in ok.stdout.splitlines()] == list(native.STEMS)
+    env.update(CHAINRULE_CACHE=str(tmp_path), CXX="/nonexistent/c++")
+    bad = subprocess.run(
+        [sys.executable, "-m", "chainrule.native"], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stdout.count("not used (no C++ compiler") == len(native.STEMS)

@@ -16,7 +16,8 @@ hash of the source, the flags and the versions of PyTorch and Python.
 
 When it is used: ``CHAINRULE_NATIVE=0`` never; ``=1`` always (an error if it cannot be built);
 unset (the default) whenever it can be built, else the PyTorch path after one warning that says
-why. Building takes about a minute, once.
+why. Building takes about a minute, once; ``python -m chainrule.native`` builds every kernel
+ahead of use (``make install`` does) and says where they are or why not.
 """
 
 from __future__ import annotations
@@ -104,16 +105,25 @@ def _import(name: str, path: Path) -> ModuleType:
     return module
 
 
+def library_path(stem: str) -> tuple[str, Path]:
+    """The module name of kernel ``stem`` on this machine and where its library is cached."""
+    cflags, ldflags = build_flags()
+    name = _module_name(stem, (HERE / f"{stem}.cpp").read_text(), cflags, ldflags)
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    return name, cache_dir() / f"{name}{suffix}"
+
+
 def _build(stem: str) -> ModuleType:
     from torch.utils import cpp_extension
 
     src = HERE / f"{stem}.cpp"
     cflags, ldflags = build_flags()
-    name = _module_name(stem, src.read_text(), cflags, ldflags)
-    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    target = cache_dir() / f"{name}{suffix}"
+    name, target = library_path(stem)
     if target.exists():
-        return _import(name, target)
+        try:
+            return _import(name, target)
+        except (ImportError, OSError):  # not a library this Python can load: build it again
+            target.unlink(missing_ok=True)
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         raise RuntimeError("no C++ compiler found ($CXX or c++)")
     print(
@@ -202,14 +212,32 @@ def why_not(stem: str) -> str | None:
     return _why.get(stem)
 
 
+STEMS = ("nade", "diagonal")
+
+
+def report() -> list[str]:
+    """Build (or load) every kernel; one line each: where it is, or why it is not used."""
+    lines = []
+    for stem in STEMS:
+        module = load(stem)
+        where = getattr(module, "__file__", None)
+        lines.append(
+            f"{stem}: {where}" if module is not None else f"{stem}: not used ({why_not(stem)})"
+        )
+    return lines
+
+
 __all__ = [
     "NativeUnavailable",
+    "STEMS",
     "build_flags",
     "cache_dir",
     "diagonal",
     "disabled",
+    "library_path",
     "load",
     "mode",
+    "report",
     "nade",
     "why_not",
 ]
