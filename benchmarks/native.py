@@ -25,7 +25,36 @@ from roofline import Peak, count_flops, options
 import chainrule  # noqa: E402
 from chainrule import native  # noqa: E402
 
-MODELS = ("diagonal-bilstm", "nade")
+MODELS = ("diagonal-bilstm", "row-lstm", "nade")
+
+
+def row_product(batches: list[int], peak: Peak) -> list[dict]:
+    """The Row LSTM's product of a row (paper size: B*28 pixels x (3*32 input + 3*16 state
+    taps) @ (144 x 64 gates)) timed alone, best of 5 bursts of 100, as a share of the peak."""
+    out = []
+    for b in batches:
+        m, k, n = b * 28, 3 * 32 + 3 * 16, 64
+        a, w, bias = torch.randn(m, k), torch.randn(k, n), torch.randn(n)
+        res = torch.empty(m, n)
+        torch.addmm(bias, a, w, out=res)
+        best = min(
+            timed_burst(lambda a=a, w=w, bias=bias, res=res: torch.addmm(bias, a, w, out=res))
+            for _ in range(5)
+        )
+        gflops = 2 * m * k * n / best / 1e9
+        share = gflops / max(peak.burst(), max(peak.gflops))
+        out.append({"batch": b, "shape": [m, k, n], "gflops": gflops, "share_of_peak": share})
+        print(
+            f"Row LSTM row product {m} x {k} @ {k} x {n}: {gflops:.0f} GFLOP/s, {share:.0%} of the peak"
+        )
+    return out
+
+
+def timed_burst(fn, n: int = 100) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
 
 
 def main(argv=None) -> int:
@@ -38,7 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "native.json"))
     args = p.parse_args(argv)
     set_threads(args.threads)
-    for stem in ("nade", "diagonal"):  # build (or load) before any timing
+    for stem in native.STEMS:  # build (or load) before any timing
         if native.load(stem) is None:
             raise SystemExit(f"the native {stem} kernel is unavailable: {native.why_not(stem)}")
     data = binarized_mnist(args.data_dir)["train"]
@@ -97,6 +126,8 @@ def main(argv=None) -> int:
                 flush=True,
             )
     doc["rows"] = rows
+    if "row-lstm" in args.models:  # how fast the Row LSTM's per-row product runs alone
+        doc["row_lstm_row_product"] = row_product(args.batch, peak)
     doc["load_average_at_end"] = load_average()
     print(f"wrote {write_json(args.out, doc)}")
     return 0

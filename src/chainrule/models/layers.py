@@ -219,6 +219,14 @@ def _lstm_derivative_factors(act: Tensor, c_prev: Tensor, tc: Tensor) -> tuple[T
     return fac, q
 
 
+def _row_lstm_kernel(t: Tensor):
+    """The compiled Row LSTM rows (:mod:`chainrule.native`, ``row_lstm.cpp``) for a CPU
+    float32 / float64 tensor, else None (the PyTorch loop)."""
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
+        return None
+    return native.row_lstm()
+
+
 class _RowLSTMRecurrence(torch.autograd.Function):
     """The whole Row LSTM layer (input-to-state convolution and recurrence) as one autograd
     node, with a hand-written backward through time.
@@ -240,6 +248,11 @@ class _RowLSTMRecurrence(torch.autograd.Function):
     gate gradients with the buffer of taps), the bias gradient, and the input gradient (one
     product, ``k`` shifted adds). Tested against the eager oracle in float64
     (``tests/oracles``).
+
+    On the CPU (float32 / float64) the loops over the rows run in a compiled kernel
+    (:mod:`chainrule.native`, ``row_lstm.cpp``): the same products (``at::addmm`` / ``at::mm``)
+    with each row's LSTM update, and its derivative, one fused pass instead of about a dozen
+    operations; the PyTorch loops (GPUs, autocast, no compiler) stay beside it.
     """
 
     @staticmethod
@@ -267,6 +280,12 @@ class _RowLSTMRecurrence(torch.autograd.Function):
                 xpad.as_strided((hh, b, w, kf), (sx[0], sx[1], f, 1))
             )
             taps[0, :, kf:].zero_()  # the state above the image
+            ext = _row_lstm_kernel(x)
+            if ext is not None:  # the same loop, each row's LSTM update one fused pass
+                out, act, cell, tc = ext.row_lstm_forward(taps, wcat_t, bias, b, w, k)
+                ctx.save_for_backward(wcat, act, cell, tc, taps)
+                ctx.shape = (b, f, w, k, w_in.dtype, weight.dtype, b_dtype)
+                return out
             hpad = x.new_zeros(b, w + 2 * p, u)  # the last row's h, padded
             hmid = hpad[:, p : p + w]
             out = x.new_empty(hh, n, u)
@@ -300,6 +319,30 @@ class _RowLSTMRecurrence(torch.autograd.Function):
         u, p, kf = u4 // 4, k // 2, k * f
         w_state = wcat[:, kf:]  # (4h, k*h)
         dout = dout.to(act.dtype).contiguous()
+        ext = _row_lstm_kernel(act)
+        if ext is not None:
+            dgates = ext.row_lstm_backward(dout, w_state.contiguous(), act, cell, tc, b, w, k)
+        else:
+            dgates = _RowLSTMRecurrence._gate_gradients(dout, w_state, act, cell, tc, b, w, k)
+        dflat = dgates.view(hh * n, u4)
+        dw = torch.mm(dflat.t(), taps.view(hh * n, -1))  # (4h, k*F + k*h)
+        dw_in = dw[:, :kf].reshape(u4, k, f).transpose(1, 2).to(in_dtype)
+        dweight = dw[:, kf:].reshape(u4, k, u).transpose(1, 2).to(w_dtype)
+        dbias = dflat.sum(0).to(b_dtype)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dxt = torch.mm(dflat, wcat[:, :kf]).view(hh, b, w, k, f)
+            dxpad = dxt.new_zeros(hh, b, w + 2 * p, f)
+            for t in range(k):
+                dxpad[:, :, t : t + w].add_(dxt[:, :, :, t])
+            dx = dxpad[:, :, p : p + w].permute(1, 3, 0, 2)
+        return dx, dw_in, dbias, dweight
+
+    @staticmethod
+    def _gate_gradients(dout, w_state, act, cell, tc, b: int, w: int, k: int) -> Tensor:
+        """The gradients of every row's gates ``(H, n, 4h)``, last row to first (PyTorch)."""
+        hh, n, u4 = act.shape
+        u, p = u4 // 4, k // 2
         fac, q = _lstm_derivative_factors(act, cell[:-1], tc)
         fgate = act[..., u : 2 * u]
         dgates = act.new_empty(act.shape)
@@ -321,19 +364,7 @@ class _RowLSTMRecurrence(torch.autograd.Function):
             for t in range(k):
                 dhbuf[:, t : t + w].add_(dtaps[:, :, t])
             dh = inner
-        dflat = dgates.view(hh * n, u4)
-        dw = torch.mm(dflat.t(), taps.view(hh * n, -1))  # (4h, k*F + k*h)
-        dw_in = dw[:, :kf].reshape(u4, k, f).transpose(1, 2).to(in_dtype)
-        dweight = dw[:, kf:].reshape(u4, k, u).transpose(1, 2).to(w_dtype)
-        dbias = dflat.sum(0).to(b_dtype)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dxt = torch.mm(dflat, wcat[:, :kf]).view(hh, b, w, k, f)
-            dxpad = dxt.new_zeros(hh, b, w + 2 * p, f)
-            for t in range(k):
-                dxpad[:, :, t : t + w].add_(dxt[:, :, :, t])
-            dx = dxpad[:, :, p : p + w].permute(1, 3, 0, 2)
-        return dx, dw_in, dbias, dweight
+        return dgates
 
 
 class RowLSTMLayer(nn.Module):

@@ -207,23 +207,27 @@ def diagonal() -> ModuleType | None:
     return load("diagonal")
 
 
+def row_lstm() -> ModuleType | None:
+    """The Row LSTM rows (``row_lstm_forward``, ``row_lstm_backward``), or None."""
+    return load("row_lstm")
+
+
 def why_not(stem: str) -> str | None:
     """Why ``load(stem)`` gave None (after it was called), or None."""
     return _why.get(stem)
 
 
-STEMS = ("nade", "diagonal")
+STEMS = ("nade", "diagonal", "row_lstm")
 
 
 def report() -> list[str]:
     """Build (or load) every kernel; one line each: where it is, or why it is not used."""
     lines = []
     for stem in STEMS:
-        module = load(stem)
-        where = getattr(module, "__file__", None)
-        lines.append(
-            f"{stem}: {where}" if module is not None else f"{stem}: not used ({why_not(stem)})"
-        )
+        if load(stem) is not None:
+            lines.append(f"{stem}: {library_path(stem)[1]}")
+        else:
+            lines.append(f"{stem}: not used ({why_not(stem)})")
     return lines
 
 
@@ -238,6 +242,7 @@ __all__ = [
     "load",
     "mode",
     "report",
+    "row_lstm",
     "nade",
     "why_not",
 ]
