@@ -1,14 +1,20 @@
 """Compiled CPU kernels, built once per machine with its C++ compiler, used where they pay.
 
-What is here: :func:`nade`, the binary NADE loop (training forward and backward, and
-sampling/completion) over tiles of rows, each tile's hidden units kept in the core's cache
-(``nade.cpp``). The PyTorch paths it replaces spend their time in about eight small operations
-per pixel (the sparse path of :mod:`chainrule.models.nade`); this does the same arithmetic in one
-call. Same results to float rounding: the tests hold it to the paper's loop in float64.
+What is here, each a loop the PyTorch paths run as many small operations per step (the same
+arithmetic in one call; the tests hold each to its oracle in float64 and to its PyTorch path):
+
+* :func:`nade` (``nade.cpp``): the binary NADE loop, training forward and backward, sampling
+  and completion, over tiles of rows whose hidden units stay in the core's cache (the sparse
+  path of :mod:`chainrule.models.nade` does about eight operations per pixel);
+* :func:`diagonal` (``diagonal.cpp``): the Diagonal BiLSTM's walk over the diagonals, cell by
+  cell, the two state products fused with the LSTM update, one thread per direction;
+* :func:`row_lstm` (``row_lstm.cpp``): the Row LSTM's rows, each row's product left to
+  ``at::addmm``, its LSTM update and derivative one fused pass.
 
 How it is built: on first use, with ``torch.utils.cpp_extension`` (the compiler PyTorch finds:
 ``$CXX`` or ``c++``), ``-O3``, AVX2/FMA where the CPU has them, glibc's vector ``exp`` (libmvec)
-on x86-64 Linux, no OpenMP (its threads are its own, as many as ``torch.get_num_threads()``).
+on x86-64 Linux, no OpenMP (the kernels start their own threads, never more than
+``torch.get_num_threads()``).
 It is built in a fresh temporary folder and the finished library moved into the cache
 (``$CHAINRULE_CACHE`` or ``~/.cache/chainrule``, under ``native/``) in one rename, so an
 interrupted build leaves nothing half-written and never a lock behind; the file's name carries a
@@ -170,7 +176,8 @@ def disabled() -> Iterator[None]:
 
 
 def load(stem: str) -> ModuleType | None:
-    """The compiled module ``stem`` (``nade``), or None where it cannot or must not be used."""
+    """The compiled module ``stem`` (one of :data:`STEMS`), or None where it cannot or must not
+    be used."""
     if _disabled:
         return None
     if stem in _loaded:
@@ -242,7 +249,7 @@ __all__ = [
     "load",
     "mode",
     "report",
-    "row_lstm",
     "nade",
+    "row_lstm",
     "why_not",
 ]
