@@ -118,7 +118,7 @@ def test_off_switch_gives_the_pytorch_path(fresh, monkeypatch):
 
 def test_no_compiler_warns_once_and_falls_back(fresh, monkeypatch):
     monkeypatch.setenv("CXX", "/nonexistent/c++")
-    with pytest.warns(UserWarning, match="native nade kernel is unavailable.*no C\\+\\+ compiler"):
+    with pytest.warns(UserWarning, match="native kernels are unavailable.*no C\\+\\+ compiler"):
         assert native.nade() is None
     assert native.nade() is None  # remembered: no second warning, no second try
     model = randomize(chainrule.build("nade", (1, 2, 3), 2, hidden=4).double())
@@ -158,7 +158,7 @@ def test_a_user_command_without_a_compiler_trains_and_says_why_on_one_line(tmp_p
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    lines = [ln for ln in done.stderr.splitlines() if "native nade kernel is unavailable" in ln]
+    lines = [ln for ln in done.stderr.splitlines() if "native kernels are unavailable" in ln]
     assert len(lines) == 1 and "no C++ compiler" in lines[0]
     assert (tmp_path / "run" / "result.json").exists()
 
@@ -174,7 +174,7 @@ def test_disabled_block_runs_the_pytorch_path_and_restores():
 def test_a_library_that_does_not_load_is_removed_and_built_again(fresh, monkeypatch):
     # a truncated or foreign file where the library should be: it is not trusted; with no
     # compiler to rebuild it, the PyTorch path runs and the bad file is gone
-    name, path = native.library_path("nade")
+    name, path = native.library_path()
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a shared library")
     monkeypatch.setenv("CXX", "/nonexistent/c++")

@@ -171,7 +171,7 @@ def layer_and_oracle(layer, colors, kernel=3, context=True, fin=6, units=4):
 @pytest.mark.parametrize("colors", [1, 3])
 @pytest.mark.parametrize("walk", ["auto", "pytorch"])
 def test_fused_recurrence_values_and_every_gradient_equal_the_oracle(layer, opts, colors, walk):
-    # auto: the compiled walks (chainrule.native: row_lstm.cpp, diagonal.cpp); pytorch: theirs
+    # auto: the compiled walks (chainrule.native: row_lstm.h, diagonal.h); pytorch: theirs
     torch.manual_seed(colors)
     mod, oracle = layer_and_oracle(layer, colors, **opts)
     mod.double()

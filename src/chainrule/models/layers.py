@@ -220,7 +220,7 @@ def _lstm_derivative_factors(act: Tensor, c_prev: Tensor, tc: Tensor) -> tuple[T
 
 
 def _row_lstm_kernel(t: Tensor):
-    """The compiled Row LSTM rows (:mod:`chainrule.native`, ``row_lstm.cpp``) for a CPU
+    """The compiled Row LSTM rows (:mod:`chainrule.native`, ``row_lstm.h``) for a CPU
     float32 / float64 tensor, else None (the PyTorch loop)."""
     if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
         return None
@@ -250,7 +250,7 @@ class _RowLSTMRecurrence(torch.autograd.Function):
     (``tests/oracles``).
 
     On the CPU (float32 / float64) the loops over the rows run in a compiled kernel
-    (:mod:`chainrule.native`, ``row_lstm.cpp``): the same products (``at::addmm`` / ``at::mm``)
+    (:mod:`chainrule.native`, ``row_lstm.h``): the same products (``at::addmm`` / ``at::mm``)
     with each row's LSTM update, and its derivative, one fused pass instead of about a dozen
     operations; the PyTorch loops (GPUs, autocast, no compiler) stay beside it.
     """
@@ -589,7 +589,7 @@ class _DiagonalBiLSTMRecurrence(torch.autograd.Function):
     (one per direction and tap), and the gradient of ``gin`` is the gate gradient itself.
 
     On the CPU (float32 / float64) both walks run in a compiled kernel (:mod:`chainrule.native`,
-    ``diagonal.cpp``): the same arithmetic cell by cell, each cell's two ``h x 4h`` products
+    ``diagonal.h``): the same arithmetic cell by cell, each cell's two ``h x 4h`` products
     fused with its LSTM update, one thread per direction; :meth:`_walk` / :meth:`_walk_back` are
     the PyTorch walks (GPUs, autocast, or where the kernel cannot be built). Both are held to
     the eager oracle in ``tests/test_pixelrnn.py``.

@@ -3,26 +3,27 @@
 What is here, each a loop the PyTorch paths run as many small operations per step (the same
 arithmetic in one call; the tests hold each to its oracle in float64 and to its PyTorch path):
 
-* :func:`nade` (``nade.cpp``): the binary NADE loop, training forward and backward, sampling
+* :func:`nade` (``nade.h``): the binary NADE loop, training forward and backward, sampling
   and completion, over tiles of rows whose hidden units stay in the core's cache (the sparse
   path of :mod:`chainrule.models.nade` does about eight operations per pixel);
-* :func:`diagonal` (``diagonal.cpp``): the Diagonal BiLSTM's walk over the diagonals, cell by
+* :func:`diagonal` (``diagonal.h``): the Diagonal BiLSTM's walk over the diagonals, cell by
   cell, the two state products fused with the LSTM update, one thread per direction;
-* :func:`row_lstm` (``row_lstm.cpp``): the Row LSTM's rows, each row's product left to
+* :func:`row_lstm` (``row_lstm.h``): the Row LSTM's rows, each row's product left to
   ``at::addmm``, its LSTM update and derivative one fused pass.
 
-How it is built: on first use, with ``torch.utils.cpp_extension`` (the compiler PyTorch finds:
+How it is built: the three are one library (``kernels.cpp`` includes them: PyTorch's headers,
+the slow part of a build, are parsed once), built on first use with ``torch.utils.cpp_extension`` (the compiler PyTorch finds:
 ``$CXX`` or ``c++``), ``-O3``, AVX2/FMA where the CPU has them, glibc's vector ``exp`` (libmvec)
 on x86-64 Linux, no OpenMP (the kernels start their own threads, never more than
 ``torch.get_num_threads()``).
 It is built in a fresh temporary folder and the finished library moved into the cache
 (``$CHAINRULE_CACHE`` or ``~/.cache/chainrule``, under ``native/``) in one rename, so an
 interrupted build leaves nothing half-written and never a lock behind; the file's name carries a
-hash of the source, the flags and the versions of PyTorch and Python.
+hash of the sources, the flags and the versions of PyTorch and Python.
 
 When it is used: ``CHAINRULE_NATIVE=0`` never; ``=1`` always (an error if it cannot be built);
 unset (the default) whenever it can be built, else the PyTorch path after one warning that says
-why. Building takes about a minute, once; ``python -m chainrule.native`` builds every kernel
+why. Building takes about a minute, once; ``python -m chainrule.native`` builds the library
 ahead of use (``make install`` does) and says where they are or why not.
 """
 
@@ -95,11 +96,15 @@ def build_flags() -> tuple[list[str], list[str]]:
     return cflags, ldflags
 
 
-def _module_name(stem: str, source: str, cflags: list[str], ldflags: list[str]) -> str:
+SOURCES = ("kernels.cpp", "common.h", "nade.h", "diagonal.h", "row_lstm.h")
+
+
+def _module_name(cflags: list[str], ldflags: list[str]) -> str:
+    texts = [(HERE / f).read_text() for f in SOURCES]
     key = "\n".join(
-        [source, *cflags, *ldflags, torch.__version__, sys.version, sysconfig.get_platform()]
+        [*texts, *cflags, *ldflags, torch.__version__, sys.version, sysconfig.get_platform()]
     )
-    return f"chainrule_{stem}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return f"chainrule_kernels_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def _import(name: str, path: Path) -> ModuleType:
@@ -111,20 +116,20 @@ def _import(name: str, path: Path) -> ModuleType:
     return module
 
 
-def library_path(stem: str) -> tuple[str, Path]:
-    """The module name of kernel ``stem`` on this machine and where its library is cached."""
+def library_path() -> tuple[str, Path]:
+    """The module name of the kernels' library on this machine and where it is cached."""
     cflags, ldflags = build_flags()
-    name = _module_name(stem, (HERE / f"{stem}.cpp").read_text(), cflags, ldflags)
+    name = _module_name(cflags, ldflags)
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     return name, cache_dir() / f"{name}{suffix}"
 
 
-def _build(stem: str) -> ModuleType:
+def _build() -> ModuleType:
     from torch.utils import cpp_extension
 
-    src = HERE / f"{stem}.cpp"
+    src = HERE / "kernels.cpp"
     cflags, ldflags = build_flags()
-    name, target = library_path(stem)
+    name, target = library_path()
     if target.exists():
         try:
             return _import(name, target)
@@ -133,7 +138,7 @@ def _build(stem: str) -> ModuleType:
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         raise RuntimeError("no C++ compiler found ($CXX or c++)")
     print(
-        f"chainrule: building the native {stem} kernel once (about a minute) into {target.parent}",
+        f"chainrule: building the native kernels once (about a minute) into {target.parent}",
         file=sys.stderr,
         flush=True,
     )
@@ -175,33 +180,40 @@ def disabled() -> Iterator[None]:
         _disabled -= 1
 
 
-def load(stem: str) -> ModuleType | None:
-    """The compiled module ``stem`` (one of :data:`STEMS`), or None where it cannot or must not
+def library() -> ModuleType | None:
+    """The compiled library (its kernels are submodules), or None where it cannot or must not
     be used."""
     if _disabled:
         return None
-    if stem in _loaded:
-        return _loaded[stem]
+    if "kernels" in _loaded:
+        return _loaded["kernels"]
     m = mode()
     module: ModuleType | None = None
     if m != "off":
         try:
-            module = _build(stem)
+            module = _build()
         except (RuntimeError, OSError, ImportError) as err:
-            _why[stem] = str(err)
+            _why["kernels"] = str(err)
             if m == "on":
                 raise NativeUnavailable(
-                    f"{ENV}=1 but the native {stem} kernel cannot be built: {err}"
+                    f"{ENV}=1 but the native kernels cannot be built: {err}"
                 ) from err
             warnings.warn(
-                f"chainrule: the native {stem} kernel is unavailable ({err}); using the "
-                f"PyTorch path (same results, slower). Set {ENV}=0 to silence this.",
+                f"chainrule: the native kernels are unavailable ({err}); using the PyTorch "
+                f"paths (same results, slower). Set {ENV}=0 to silence this.",
                 stacklevel=3,
             )
     else:
-        _why[stem] = f"{ENV}=0"
-    _loaded[stem] = module
+        _why["kernels"] = f"{ENV}=0"
+    _loaded["kernels"] = module
     return module
+
+
+def load(stem: str) -> ModuleType | None:
+    """Kernel ``stem`` (one of :data:`STEMS`), or None where the library cannot or must not be
+    used."""
+    module = library()
+    return None if module is None else getattr(module, stem)
 
 
 def nade() -> ModuleType | None:
@@ -219,23 +231,20 @@ def row_lstm() -> ModuleType | None:
     return load("row_lstm")
 
 
-def why_not(stem: str) -> str | None:
-    """Why ``load(stem)`` gave None (after it was called), or None."""
-    return _why.get(stem)
+def why_not(stem: str | None = None) -> str | None:
+    """Why ``load(stem)`` gave None (after it was called), or None: one reason for every
+    kernel, since they are one library."""
+    return "inside a disabled() block" if _disabled else _why.get("kernels")
 
 
 STEMS = ("nade", "diagonal", "row_lstm")
 
 
 def report() -> list[str]:
-    """Build (or load) every kernel; one line each: where it is, or why it is not used."""
-    lines = []
-    for stem in STEMS:
-        if load(stem) is not None:
-            lines.append(f"{stem}: {library_path(stem)[1]}")
-        else:
-            lines.append(f"{stem}: not used ({why_not(stem)})")
-    return lines
+    """Build (or load) the library; one line per kernel: where it is, or why it is not used."""
+    if library() is None:
+        return [f"{stem}: not used ({why_not()})" for stem in STEMS]
+    return [f"{stem}: {library_path()[1]}" for stem in STEMS]
 
 
 __all__ = [
@@ -245,6 +254,7 @@ __all__ = [
     "cache_dir",
     "diagonal",
     "disabled",
+    "library",
     "library_path",
     "load",
     "mode",

@@ -5,31 +5,12 @@
 // two batched products and about a dozen elementwise operations; with u = 16 units the products
 // are small enough that their cost is the operations' count, not their arithmetic.
 // Buffers, slots and the order of cells are DiagonalPlan's (see its docstring).
-#include <torch/extension.h>
+#pragma once
 
-#include <ATen/Parallel.h>
+#include "common.h"
 
-#include <cmath>
-#include <cstdint>
-#include <thread>
-#include <vector>
+namespace chainrule_native::diagonal {
 
-#if defined(__x86_64__) && defined(__GLIBC__) && defined(CHAINRULE_LIBMVEC)
-extern "C" {
-__attribute__((__simd__("notinbranch"))) float expf(float) noexcept;
-__attribute__((__simd__("notinbranch"))) double exp(double) noexcept;
-}
-#endif
-
-namespace {
-
-inline float exp_(float x) { return expf(x); }
-inline double exp_(double x) { return exp(x); }
-
-template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + exp_(-x));
-}
 
 // out (cols) += coef (rows) @ m (rows, cols): a sum of m's rows; with R, C known when compiling
 // (R = C = 0: the runtime rows, cols) the loops unroll and out stays in registers. The forward
@@ -223,9 +204,10 @@ torch::Tensor backward(torch::Tensor dh_all, torch::Tensor w_up, torch::Tensor w
   return dgates;
 }
 
-}  // namespace
+}  // namespace chainrule_native::diagonal
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+inline void bind_diagonal(pybind11::module_ m) {
+  using namespace chainrule_native::diagonal;
   m.def("forward", &forward, "Diagonal BiLSTM recurrence, forward");
   m.def("backward", &backward, "Diagonal BiLSTM recurrence, gate gradients");
 }

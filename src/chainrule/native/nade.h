@@ -6,25 +6,11 @@
 // so the hidden units are recomputed only where the input is 1 (as the library's sparse path).
 // Rows are independent: tiles of TILE rows are spread over the threads (std::thread), and
 // within a tile each weight row is read once per step for all the tile's rows.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#pragma once
 
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <thread>
-#include <vector>
+#include "common.h"
 
-#if defined(__x86_64__) && defined(__GLIBC__) && defined(CHAINRULE_LIBMVEC)
-// glibc's vector math library (libmvec, <= 4 ulp) for exp inside `omp simd` loops; math.h
-// declares these variants only under -ffast-math, which would also change the comparisons.
-extern "C" {
-__attribute__((__simd__("notinbranch"))) float expf(float) noexcept;
-__attribute__((__simd__("notinbranch"))) double exp(double) noexcept;
-}
-#endif
-
-namespace {
+namespace chainrule_native::nade {
 
 constexpr int64_t TILE = 8;
 
@@ -44,8 +30,6 @@ void parallel_tiles(int64_t tiles, const F& fn) {
   for (auto& th : pool) th.join();
 }
 
-inline float exp_(float x) { return expf(x); }
-inline double exp_(double x) { return exp(x); }
 
 // a += w; h = act(a)   (act: sigmoid, or relu)
 template <typename T>
@@ -296,9 +280,10 @@ torch::Tensor sample(torch::Tensor w, torch::Tensor c, torch::Tensor v, torch::T
   return out;
 }
 
-}  // namespace
+}  // namespace chainrule_native::nade
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+inline void bind_nade(pybind11::module_ m) {
+  using namespace chainrule_native::nade;
   m.def("forward", &forward, "NADE pre-logits of binary x (B, D)");
   m.def("backward", &backward, "gradients (dw, dc, dv) of the pre-logits");
   m.def("sample", &sample, "ancestral sampling (and completion) from logit(u) thresholds");

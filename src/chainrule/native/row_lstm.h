@@ -2,27 +2,12 @@
 // elementwise work fused: the PyTorch loop spends about a dozen operations per row on the LSTM
 // update and its derivative; here each row is one product (at::addmm / at::mm, as before) and
 // one pass over its cells. Buffers and layouts are the Python path's (see its docstring).
-#include <torch/extension.h>
+#pragma once
 
-#include <cmath>
-#include <cstdint>
+#include "common.h"
 
-#if defined(__x86_64__) && defined(__GLIBC__) && defined(CHAINRULE_LIBMVEC)
-extern "C" {
-__attribute__((__simd__("notinbranch"))) float expf(float) noexcept;
-__attribute__((__simd__("notinbranch"))) double exp(double) noexcept;
-}
-#endif
+namespace chainrule_native::row_lstm {
 
-namespace {
-
-inline float exp_(float x) { return expf(x); }
-inline double exp_(double x) { return exp(x); }
-
-template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + exp_(-x));
-}
 
 // forward of one row: gates g (n, 4u) -> act (n, 4u) = sigmoid(i, f, o), tanh(g); the cell
 // c = f c_prev + i g, tc = tanh(c), h = o tc
@@ -163,9 +148,10 @@ torch::Tensor row_lstm_backward(torch::Tensor dout, torch::Tensor w_state, torch
   return dgates;
 }
 
-}  // namespace
+}  // namespace chainrule_native::row_lstm
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+inline void bind_row_lstm(pybind11::module_ m) {
+  using namespace chainrule_native::row_lstm;
   m.def("row_lstm_forward", &row_lstm_forward, "Row LSTM recurrence, forward");
   m.def("row_lstm_backward", &row_lstm_backward, "Row LSTM recurrence, gate gradients");
 }
