@@ -73,27 +73,38 @@ inline void start(T* a, T* h, const T* c, int64_t n, bool sigmoid) {
   add_activate(a, h, c, n, sigmoid);
 }
 
-// ------------------------------------------------------------------------------- forward
-// x (B, D) in {0, 1}; w, v (D, H); c (H) -> (B, D) pre-logits v_i . h_i
-template <typename T>
-void forward_kernel(const T* x, const T* w, const T* c, const T* v, T* out, int64_t B, int64_t D,
-                    int64_t H, bool sigmoid) {
-  const int64_t tiles = (B + TILE - 1) / TILE;
+// ------------------------------------------------------------------------------- the walk
+// The forward loop of n images over D steps, tile by tile: visit(j, i, h) at row j's step i
+// (j = row * D + i, h its hidden units) returns that step's value; a one updates a and h.
+template <typename T, typename Visit>
+void walk(const T* w, const T* c, const T* v, int64_t n, int64_t D, int64_t H, bool sigmoid,
+          const Visit& visit) {
+  const int64_t tiles = (n + TILE - 1) / TILE;
   parallel_tiles(tiles, [&](int64_t, int64_t t0, int64_t t1) {
     std::vector<T> a(TILE * H), h(TILE * H);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r0 = t * TILE, nr = std::min(TILE, B - r0);
+      const int64_t r0 = t * TILE, nr = std::min(TILE, n - r0);
       for (int64_t r = 0; r < nr; ++r) start(&a[r * H], &h[r * H], c, H, sigmoid);
       for (int64_t i = 0; i < D; ++i) {
         const T* vi = v + i * H;
         const T* wi = w + i * H;
         for (int64_t r = 0; r < nr; ++r) {
-          const int64_t b = r0 + r;
-          out[b * D + i] = dot(&h[r * H], vi, H);
-          if (x[b * D + i] != T(0)) add_activate(&a[r * H], &h[r * H], wi, H, sigmoid);
+          if (visit((r0 + r) * D + i, vi, &h[r * H]))
+            add_activate(&a[r * H], &h[r * H], wi, H, sigmoid);
         }
       }
     }
+  });
+}
+
+// ------------------------------------------------------------------------------- forward
+// x (B, D) in {0, 1}; w, v (D, H); c (H) -> (B, D) pre-logits v_i . h_i
+template <typename T>
+void forward_kernel(const T* x, const T* w, const T* c, const T* v, T* out, int64_t B, int64_t D,
+                    int64_t H, bool sigmoid) {
+  walk(w, c, v, B, D, H, sigmoid, [&](int64_t j, const T* vi, const T* h) {
+    out[j] = dot(h, vi, H);
+    return x[j] != T(0);
   });
 }
 
@@ -203,28 +214,11 @@ template <typename T>
 void sample_kernel(const T* w, const T* c, const T* v, const T* bias, const T* thr,
                    const bool* mask, const T* given, uint8_t* out, int64_t n, int64_t D,
                    int64_t H, bool sigmoid) {
-  const int64_t tiles = (n + TILE - 1) / TILE;
-  parallel_tiles(tiles, [&](int64_t, int64_t t0, int64_t t1) {
-    std::vector<T> a(TILE * H), h(TILE * H);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r0 = t * TILE, nr = std::min(TILE, n - r0);
-      for (int64_t r = 0; r < nr; ++r) start(&a[r * H], &h[r * H], c, H, sigmoid);
-      for (int64_t i = 0; i < D; ++i) {
-        const T* vi = v + i * H;
-        const T* wi = w + i * H;
-        for (int64_t r = 0; r < nr; ++r) {
-          const int64_t j = (r0 + r) * D + i;
-          bool one;
-          if (mask != nullptr && mask[j]) {
-            one = given[j] != T(0);
-          } else {
-            one = thr[j] < dot(&h[r * H], vi, H) + bias[i];
-          }
-          out[j] = one;
-          if (one) add_activate(&a[r * H], &h[r * H], wi, H, sigmoid);
-        }
-      }
-    }
+  walk(w, c, v, n, D, H, sigmoid, [&](int64_t j, const T* vi, const T* h) {
+    const bool one = (mask != nullptr && mask[j]) ? given[j] != T(0)
+                                                  : thr[j] < dot(h, vi, H) + bias[j % D];
+    out[j] = one;
+    return one;
   });
 }
 
