@@ -91,8 +91,11 @@ def test_native_sampler_and_completion_equal_the_pytorch_decoder():
     assert 0 < fused[~mask].mean() < 1
 
 
-def test_the_sampler_really_uses_the_kernel(monkeypatch):
-    model = randomize(chainrule.build("nade", (1, 3, 3), 2, hidden=4).double())
+@pytest.mark.parametrize("ensemble", [1, 3])
+def test_the_sampler_really_uses_the_kernel(monkeypatch, ensemble):
+    # an ensemble: each ordering's rows in one call (the mixture of decoders is fused too)
+    model = chainrule.build("nade", (1, 3, 3), 2, hidden=4, ensemble=ensemble)
+    model = randomize(model.double())
     calls = []
     real = native.nade()
 
@@ -102,9 +105,9 @@ def test_the_sampler_really_uses_the_kernel(monkeypatch):
             return getattr(real, name)
 
     monkeypatch.setattr(native, "nade", lambda: Spy())
-    model.sample(5, generator=torch.Generator().manual_seed(0))
+    model.sample(30, generator=torch.Generator().manual_seed(0))
     model.log_prob(torch.ones(2, 1, 3, 3))
-    assert calls.count("sample") == 1 and "forward" in calls
+    assert calls.count("sample") == ensemble and "forward" in calls  # 30 images: every part
 
 
 def test_off_switch_gives_the_pytorch_path(fresh, monkeypatch):

@@ -164,6 +164,8 @@ class _Parts:
         self.order = torch.empty(n, d, dtype=torch.int64, device=rows[0].device)
         for r, dec in zip(rows, decoders, strict=True):
             self.order[r] = dec.order
+        if all(hasattr(dec, "fused") for dec in decoders):  # then the mixture is fused too
+            self.fused = self._fused
 
     def params(self, i: int) -> Tensor:
         parts = [dec.params(i) for dec in self.decoders]
@@ -175,11 +177,6 @@ class _Parts:
     def tell(self, i: int, value: Tensor) -> None:
         for r, dec in zip(self.rows, self.decoders, strict=True):
             dec.tell(i, value[r])
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "fused" and all(hasattr(dec, "fused") for dec in self.decoders):
-            return self._fused
-        raise AttributeError(name)
 
     def _fused(self, u: Tensor, given: Tensor | None, mask: Tensor | None) -> Tensor:
         """Each part's whole loop on its own rows (the parts' ``fused``)."""
