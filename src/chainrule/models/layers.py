@@ -283,33 +283,40 @@ class _RowLSTMRecurrence(torch.autograd.Function):
             ext = _row_lstm_kernel(x)
             if ext is not None:  # the same loop, each row's LSTM update one fused pass
                 out, act, cell, tc = ext.row_lstm_forward(taps, wcat_t, bias, b, w, k)
-                ctx.save_for_backward(wcat, act, cell, tc, taps)
-                ctx.shape = (b, f, w, k, w_in.dtype, weight.dtype, b_dtype)
-                return out
-            hpad = x.new_zeros(b, w + 2 * p, u)  # the last row's h, padded
-            hmid = hpad[:, p : p + w]
-            out = x.new_empty(hh, n, u)
-            cell = x.new_zeros(hh + 1, n, u)  # row r + 1 holds c of row r
-            act = x.new_empty(hh, n, u4)  # sigmoid(i, f, o), tanh(g)
-            tc = x.new_empty(hh, n, u)  # tanh(c)
-            sb = hpad.stride(0)
-            for r in range(hh):
-                if r > 0:
-                    hmid.copy_(out[r - 1].view(b, w, u))
-                    taps[r, :, kf:].view(b, w, k * u).copy_(
-                        hpad.as_strided((b, w, k * u), (sb, u, 1))
-                    )
-                g = torch.addmm(bias, taps[r], wcat_t)
-                a = act[r]
-                _activations_into(g, a, u)
-                c = cell[r + 1]
-                torch.mul(a[:, u : 2 * u], cell[r], out=c)
-                c.addcmul_(a[:, :u], a[:, 3 * u :])
-                _tanh_into(c, tc[r])
-                torch.mul(a[:, 2 * u : 3 * u], tc[r], out=out[r])
+            else:
+                out, act, cell, tc = _RowLSTMRecurrence._rows(taps, wcat_t, bias, b, w, k)
         ctx.save_for_backward(wcat, act, cell, tc, taps)
         ctx.shape = (b, f, w, k, w_in.dtype, weight.dtype, b_dtype)
         return out
+
+    @staticmethod
+    def _rows(taps: Tensor, wcat_t: Tensor, bias: Tensor, b: int, w: int, k: int):
+        """The loop over the rows in PyTorch: ``(out, act, cell, tc)``; fills the state taps of
+        ``taps`` (its input taps filled and row 0's state taps zero)."""
+        hh, n, _ = taps.shape
+        u4 = wcat_t.shape[1]
+        u, p = u4 // 4, k // 2
+        kf = taps.shape[2] - k * u
+        hpad = taps.new_zeros(b, w + 2 * p, u)  # the last row's h, padded
+        hmid = hpad[:, p : p + w]
+        out = taps.new_empty(hh, n, u)
+        cell = taps.new_zeros(hh + 1, n, u)  # row r + 1 holds c of row r
+        act = taps.new_empty(hh, n, u4)  # sigmoid(i, f, o), tanh(g)
+        tc = taps.new_empty(hh, n, u)  # tanh(c)
+        sb = hpad.stride(0)
+        for r in range(hh):
+            if r > 0:
+                hmid.copy_(out[r - 1].view(b, w, u))
+                taps[r, :, kf:].view(b, w, k * u).copy_(hpad.as_strided((b, w, k * u), (sb, u, 1)))
+            g = torch.addmm(bias, taps[r], wcat_t)
+            a = act[r]
+            _activations_into(g, a, u)
+            c = cell[r + 1]
+            torch.mul(a[:, u : 2 * u], cell[r], out=c)
+            c.addcmul_(a[:, :u], a[:, 3 * u :])
+            _tanh_into(c, tc[r])
+            torch.mul(a[:, 2 * u : 3 * u], tc[r], out=out[r])
+        return out, act, cell, tc
 
     @staticmethod
     def backward(ctx, dout: Tensor):
