@@ -9,6 +9,7 @@ shapes, normalization and the samplers' bit-for-bit equality are in tests/test_n
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import chainrule
 from chainrule import native
 from chainrule.models.nade import NativeBinaryNADE, SparseBinaryNADE
 
-from .conftest import randomize
+from .conftest import randomize, run_cli
 from .oracles.nade import nade_log_prob
 
 
@@ -163,7 +164,17 @@ def test_a_user_command_without_a_compiler_trains_and_says_why_on_one_line(tmp_p
     assert "Traceback" not in done.stderr
     lines = [ln for ln in done.stderr.splitlines() if "native kernels are unavailable" in ln]
     assert len(lines) == 1 and "no C++ compiler" in lines[0]
-    assert (tmp_path / "run" / "result.json").exists()
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["native_kernels"] is False
+
+
+def test_a_run_records_and_says_that_the_kernels_ran(tmp_path, capsys):
+    code, out, err = run_cli(
+        capsys, "train", "--model", "nade", "--data", "digits", "--max-train", "100",
+        "--epochs", "1", "--out", tmp_path / "run",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["native_kernels"] is True
+    assert "compiled kernels" in out
 
 
 def test_disabled_block_runs_the_pytorch_path_and_restores():

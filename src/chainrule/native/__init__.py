@@ -209,6 +209,11 @@ def library() -> ModuleType | None:
     return module
 
 
+def in_use() -> bool:
+    """Whether this process has loaded the library (builds nothing): recorded with a run."""
+    return _loaded.get("kernels") is not None
+
+
 def load(stem: str) -> ModuleType | None:
     """Kernel ``stem`` (one of :data:`STEMS`), or None where the library cannot or must not be
     used."""
@@ -254,6 +259,7 @@ __all__ = [
     "cache_dir",
     "diagonal",
     "disabled",
+    "in_use",
     "library",
     "library_path",
     "load",

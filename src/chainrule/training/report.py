@@ -10,6 +10,8 @@ def describe_result(result: dict, dim: int) -> str:
     where = f"{result['device']}" + (f" x {procs} processes" if procs > 1 else "")
     n = result.get("threads")
     threads = f", {n} thread{'s' if n != 1 else ''}" if n else ""
+    if result.get("native_kernels"):
+        threads += ", compiled kernels"
     best = result.get("best_epoch")
     why = {
         "early stopping": "stopped early (no better valid NLL within the patience)",

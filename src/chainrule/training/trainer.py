@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import distributed
+from .. import distributed, native
 from ..data import Splits, dynamic_binarize
 from ..evaluate import (
     bits_per_dim,
@@ -381,6 +381,7 @@ class Trainer:
             "device": str(self.device),
             "threads": torch.get_num_threads(),
             "processes": self.dist.world,
+            "native_kernels": native.in_use(),  # chainrule.native's compiled loops ran
         }
         if self.writer is not None:
             self.say(f"drawing {cfg.num_samples} samples for samples.png")
