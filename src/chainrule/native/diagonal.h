@@ -11,7 +11,6 @@
 
 namespace chainrule_native::diagonal {
 
-
 // out (cols) += coef (rows) @ m (rows, cols): a sum of m's rows; with R, C known when compiling
 // (R = C = 0: the runtime rows, cols) the loops unroll and out stays in registers. The forward
 // adds h (u) @ w (u, 4u) to the gates; the backward dg (4u) @ w^T (4u, u) to the state's gradient.

@@ -30,7 +30,6 @@ void parallel_tiles(int64_t tiles, const F& fn) {
   for (auto& th : pool) th.join();
 }
 
-
 // a += w; h = act(a)   (act: sigmoid, or relu)
 template <typename T>
 inline void add_activate(T* __restrict a, T* __restrict h, const T* __restrict w, int64_t n,

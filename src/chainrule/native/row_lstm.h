@@ -8,7 +8,6 @@
 
 namespace chainrule_native::row_lstm {
 
-
 // forward of one row: gates g (n, 4u) -> act (n, 4u) = sigmoid(i, f, o), tanh(g); the cell
 // c = f c_prev + i g, tc = tanh(c), h = o tc
 template <typename T>
