@@ -208,7 +208,7 @@ def count_flops(model, x: torch.Tensor) -> dict[str, float]:
     """FLOPs per image: the training step's forward + backward, and evaluation's forward.
 
     The counter sees only PyTorch's operations, not a compiled kernel's arithmetic
-    (``chainrule.native``: NADE's loop, the Diagonal BiLSTM's walk), so the FLOPs are counted
+    (``chainrule.native``: NADE's loop, the recurrences' walks), so the FLOPs are counted
     on the PyTorch paths, which do the same products."""
     with native.disabled():
         return _count_flops(model, x)
