@@ -30,4 +30,10 @@ inline T sigmoid(T x) {
   return T(1) / (T(1) + exp_(-x));
 }
 
+// tanh(x) = 2 sigmoid(2x) - 1: one vector exp, as the PyTorch paths (layers._tanh_into)
+template <typename T>
+inline T tanh_(T x) {
+  return T(2) * sigmoid(T(2) * x) - T(1);
+}
+
 }  // namespace chainrule_native

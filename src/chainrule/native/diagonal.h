@@ -55,14 +55,14 @@ void forward_direction(int64_t d, const T* gin, const T* w_up, const T* w_left,
 #pragma omp simd
         for (int64_t k = 0; k < 3 * u; ++k) a[k] = sigmoid(g[k]);
 #pragma omp simd
-        for (int64_t k = 3 * u; k < u4; ++k) a[k] = T(2) * sigmoid(T(2) * g[k]) - T(1);
+        for (int64_t k = 3 * u; k < u4; ++k) a[k] = tanh_(g[k]);
         T* h = hsd + ((cur + rr) * b + bi) * u;
         T* c = csd + ((cur + rr) * b + bi) * u;
         T* t = tc + (d * hw * b + cell) * u;
 #pragma omp simd
         for (int64_t k = 0; k < u; ++k) {
           const T ck = a[u + k] * c_left[k] + a[k] * a[3 * u + k];
-          const T tk = T(2) * sigmoid(T(2) * ck) - T(1);
+          const T tk = tanh_(ck);
           c[k] = ck;
           t[k] = tk;
           h[k] = a[2 * u + k] * tk;

@@ -39,7 +39,7 @@ inline void add_activate(T* __restrict a, T* __restrict h, const T* __restrict w
     for (int64_t k = 0; k < n; ++k) {
       const T z = a[k] + w[k];
       a[k] = z;
-      h[k] = T(1) / (T(1) + exp_(-z));
+      h[k] = chainrule_native::sigmoid(z);
     }
   } else {
 #pragma omp simd

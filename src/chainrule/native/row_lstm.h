@@ -19,12 +19,12 @@ void lstm_row(const T* __restrict g, const T* __restrict c_prev, T* __restrict a
 #pragma omp simd
     for (int64_t j = 0; j < 3 * u; ++j) ai[j] = sigmoid(gi[j]);
 #pragma omp simd
-    for (int64_t j = 3 * u; j < 4 * u; ++j) ai[j] = T(2) * sigmoid(T(2) * gi[j]) - T(1);
+    for (int64_t j = 3 * u; j < 4 * u; ++j) ai[j] = tanh_(gi[j]);
     const int64_t o = i * u;
 #pragma omp simd
     for (int64_t j = 0; j < u; ++j) {
       const T cj = ai[u + j] * c_prev[o + j] + ai[j] * ai[3 * u + j];
-      const T t = T(2) * sigmoid(T(2) * cj) - T(1);
+      const T t = tanh_(cj);
       c[o + j] = cj;
       tc[o + j] = t;
       h[o + j] = ai[2 * u + j] * t;
