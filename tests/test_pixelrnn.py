@@ -217,6 +217,37 @@ def test_compiled_diagonal_walk_equals_the_oracle_at_the_paper_width(units):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_row_lstm_equals_the_oracle_on_a_strided_input_and_the_threads(threads):
+    # the compiled rows at the paper's width (16 units), on an input that is not contiguous (a
+    # permuted view, as the layers' outputs are), on one thread and on two
+    from chainrule.models.layers import _row_lstm_kernel
+
+    assert _row_lstm_kernel(torch.zeros(1)) is not None, native.why_not("row_lstm")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        mod, oracle = layer_and_oracle("row", 1, fin=5, units=16)
+        mod.double()
+        randomize(mod, seed=6, scale=0.5)
+        base = torch.randn(1, 7, 6, 5, dtype=torch.float64)  # (B, H, W, F) in memory
+        x = base.permute(0, 3, 1, 2).requires_grad_()  # (1, 5, 7, 6), not contiguous
+        assert not x.is_contiguous()
+        fast, ref = mod(x), oracle(x)
+        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
+        v = torch.randn_like(fast)
+        inputs = [x, *mod.parameters()]
+        for a, b in zip(
+            torch.autograd.grad((fast * v).sum(), inputs),
+            torch.autograd.grad((ref * v).sum(), inputs),
+            strict=True,
+        ):
+            assert b.abs().max() > 0
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("walk", ["auto", "pytorch"])
 def test_fused_recurrences_pass_gradcheck(walk):
     from chainrule.models.layers import (

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from chainrule import outputs
+from chainrule import allocator, outputs
 
 from . import evaluate, mix, receptive_field, recipes, tools, train
 from .common import UserError, _Help, _Parser, add_quiet
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     outputs.QUIET = bool(getattr(args, "quiet", False))
+    allocator.keep_freed_memory()  # each step's large tensors reuse the last step's memory
     old_term = None
     if threading.current_thread() is threading.main_thread():
         old_term = signal.signal(signal.SIGTERM, _on_sigterm)

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import distributed, native
+from .. import allocator, distributed, native
 from ..data import Splits, dynamic_binarize
 from ..evaluate import (
     bits_per_dim,
@@ -317,6 +317,8 @@ class Trainer:
         if cfg.dtype:
             model.to(getattr(torch, cfg.dtype))
         model.to(self.device)
+        if self.device.type == "cpu":
+            allocator.keep_freed_memory()  # no fresh pages for every step's tensors
         err: TrainingError | None = None
         if self.writer is not None:
             try:
@@ -382,6 +384,7 @@ class Trainer:
             "threads": torch.get_num_threads(),
             "processes": self.dist.world,
             "native_kernels": native.in_use(),  # chainrule.native's compiled loops ran
+            "freed_memory_kept": allocator.freed_memory_kept(),  # chainrule.allocator
         }
         if self.writer is not None:
             self.say(f"drawing {cfg.num_samples} samples for samples.png")
