@@ -248,6 +248,30 @@ def test_compiled_row_lstm_equals_the_oracle_on_a_strided_input_and_the_threads(
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("name", ["row-lstm", "diagonal-bilstm"])
+def test_evaluation_in_chunks_equals_the_whole_batch(name):
+    # without gradients a batch runs in chunks (eval_chunk_bytes); with them, whole
+    torch.manual_seed(0)
+    model = build(name, (1, 5, 4), 2, hidden=4, layers=2).double()
+    randomize(model, seed=3, scale=0.5)
+    x = (torch.rand(7, 1, 5, 4) < 0.4).double()
+    with torch.no_grad():
+        whole = model.log_prob(x)
+    calls = []
+    inner = model._params
+    model._params = lambda t: calls.append(len(t)) or inner(t)
+    model.eval_chunk_bytes = 3 * 5 * 4 * model.buffer_width * 4 * 8  # three images a chunk
+    assert model.eval_chunk(x) == 3
+    with torch.no_grad():
+        chunked = model.log_prob(x)
+    assert calls == [3, 3, 1]
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
+    calls.clear()
+    model.log_prob(x).sum().backward()  # training: one pass over the whole batch
+    assert calls == [7]
+    assert build("pixelcnn", (1, 5, 4), 2, hidden=4, layers=2).eval_chunk(x) == 7
+
+
 @pytest.mark.parametrize("walk", ["auto", "pytorch"])
 def test_fused_recurrences_pass_gradcheck(walk):
     from chainrule.models.layers import (

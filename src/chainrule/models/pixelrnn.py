@@ -277,7 +277,26 @@ class _PixelNet(AutoregressiveModel):
         out = pointwise(self.out_conv2, self._hidden(x))  # (B, C*P, H, W)
         return out.view(b, c, -1, h, w).permute(0, 1, 3, 4, 2)
 
+    #: without gradients (evaluation, anomaly scores) a batch runs in chunks whose largest
+    #: per-layer buffer stays under this many bytes, below the 32 MiB up to which glibc reuses
+    #: freed memory (:mod:`chainrule.allocator`): larger ones are fresh pages every time
+    eval_chunk_bytes = 24 << 20
+
+    #: values a pixel of the widest per-layer buffer, per hidden unit (set by each model; 0:
+    #: never in chunks)
+    buffer_width = 0
+
+    def eval_chunk(self, x: Tensor) -> int:
+        """Images per chunk of a batch without gradients (:attr:`eval_chunk_bytes`); the whole
+        batch where the model's :attr:`buffer_width` is 0."""
+        _, h, w = self.event_shape
+        per_image = h * w * self.buffer_width * self.config.hidden * x.element_size()
+        return max(1, self.eval_chunk_bytes // per_image) if per_image else x.shape[0]
+
     def _conditional_log_probs(self, x: Tensor) -> Tensor:
+        n = self.eval_chunk(x)
+        if x.shape[0] > n and not torch.is_grad_enabled():
+            return torch.cat([self._conditional_log_probs(part) for part in x.split(n)])
         params = self._params(x)
         if params.dtype in (torch.bfloat16, torch.float16):  # autocast: the head in float32
             params = params.float()
@@ -402,6 +421,7 @@ class RowLSTM(_PixelNet):
     """PixelRNN with Row LSTM layers (context: a triangle above the pixel)."""
 
     Config = RowLSTMConfig
+    buffer_width = 9  # the taps of every pixel: k * 2h inputs and k * h states (k = 3)
 
     def _recurrent_layer(self, f, c):
         return RowLSTMLayer(f, self.config.hidden, c, self.config.kernel)
@@ -412,6 +432,7 @@ class DiagonalBiLSTM(_PixelNet):
     """PixelRNN with Diagonal BiLSTM layers (context: every previous pixel)."""
 
     Config = DiagonalBiLSTMConfig
+    buffer_width = 16  # both directions' 4h gates over the skewed width (2W - 1 columns)
 
     def _recurrent_layer(self, f, c):
         context = c if self.config.full_context else 0  # the image into the right-to-left gates
@@ -426,6 +447,9 @@ class PixelCNN(_PixelNet):
     """
 
     Config = PixelCNNConfig
+    # not in chunks: its evaluation at batch 256 ran at 0.92-1.13x in chunks of 125 or 25
+    # images over four runs (benchmarks/eval_chunks.py), within this machine's noise
+    buffer_width = 0
 
     def _make_block(self, f, c):
         return PixelCNNBlock(f, self.config.kernel, c)
