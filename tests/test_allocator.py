@@ -1,7 +1,6 @@
-"""chainrule.allocator: with freed memory kept, a large tensor freed and allocated again reuses
-the same pages (no page fault on its first write), where glibc's defaults hand it back to the
-system (a page fault for every page); the off switch; the trainer and the
-commands set it.
+"""chainrule.allocator: with freed memory kept, a step's tensors freed and allocated again reuse
+the same pages (no page fault on their first writes), where glibc's defaults hand them back to
+the system (a page fault for every page); the off switch; the trainer and the commands set it.
 
 Each case runs in a fresh process: glibc's thresholds cannot be put back once set.
 """
@@ -45,7 +44,7 @@ PAGES = (127 << 20) // os.sysconf("SC_PAGE_SIZE")  # the pages of one step's ten
 def probe(mode: str, **env) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", PROBE, mode],
-        env={**os.environ, **env},
+        env={**{k: v for k, v in os.environ.items() if k != "CHAINRULE_KEEP_MEMORY"}, **env},
         capture_output=True,
         text=True,
         check=True,
