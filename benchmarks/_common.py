@@ -98,6 +98,18 @@ def best_of(fn, device: torch.device | str = "cpu", repeats: int = 3) -> float:
     return min(timed(fn, device)[0] for _ in range(repeats))
 
 
+def child_json(cmd: list[str], what: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a benchmark's measurement in its own process (``cmd``) and return the JSON object it
+    printed on its last line; a failure stops the benchmark with ``what`` and the child's last
+    line of stderr."""
+    import subprocess
+
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise SystemExit(f"error: {what} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def write_json(path: str | Path, doc: dict[str, Any]) -> Path:
     """Write a result JSON (indented, atomically, numbers of numpy/torch made plain)."""
     from chainrule import outputs

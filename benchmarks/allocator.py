@@ -23,12 +23,11 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, header, load_average, write_json
+from _common import RESULTS, child_json, header, load_average, write_json
 
 CONFIGS = ("default", "kept")
 SOURCES = ("data", "bare")
@@ -85,12 +84,7 @@ def measure(model: str, config: str, source: str, args) -> dict:
     cmd += ["--steps", str(args.steps)]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode:
-        raise SystemExit(
-            f"error: {model} ({config}, {source}) failed: {out.stderr.strip().splitlines()[-1:]}"
-        )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child_json(cmd, f"{model} ({config}, {source})")
 
 
 def main() -> None:

@@ -23,12 +23,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, header, load_average, write_json
+from _common import RESULTS, child_json, header, load_average, write_json
 
 CONFIGS = {  # name: (threads, OMP_WAIT_POLICY or None for the default)
     "1 thread": (1, None),
@@ -78,12 +77,7 @@ def measure(model: str, config: str, args) -> dict:
     cmd += ["--seconds", str(args.seconds)]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if out.returncode:
-        raise SystemExit(
-            f"error: {model} ({config}) failed: {out.stderr.strip().splitlines()[-1:]}"
-        )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child_json(cmd, f"{model} ({config})", env)
 
 
 def main() -> None:

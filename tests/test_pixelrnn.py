@@ -182,17 +182,10 @@ def test_fused_recurrence_values_and_every_gradient_equal_the_oracle(layer, opts
         ctx = torch.randn(2, colors, 5, 4, dtype=torch.float64, requires_grad=True)
     names, params = zip(*mod.named_parameters(), strict=True)
     inputs = [x, *([ctx] if ctx is not None else []), *params]
+    labels = ["x", *(["context"] if ctx is not None else []), *names]
     with native.disabled() if walk == "pytorch" else contextlib.nullcontext():
         fast = mod(x, ctx) if mod.takes_context else mod(x)
-        v = torch.randn_like(fast)
-        gf = torch.autograd.grad((fast * v).sum(), inputs)
-    ref = oracle(x, ctx)
-    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
-    gr = torch.autograd.grad((ref * v).sum(), inputs)
-    labels = ["x", *(["context"] if ctx is not None else []), *names]
-    for label, a, b in zip(labels, gf, gr, strict=True):
-        assert a.abs().max() > 0, label  # every gradient is exercised
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=lambda m, lab=label: f"{lab}: {m}")
+        assert_same_values_and_gradients(fast, oracle(x, ctx), inputs, labels)
 
 
 @pytest.mark.parametrize("units", [16, 7])  # 16: the kernel's compiled size (the papers')
@@ -208,18 +201,19 @@ def test_compiled_diagonal_walk_equals_the_oracle_at_the_paper_width(units):
     assert_same_values_and_gradients(mod(x, ctx), oracle(x, ctx), [x, *mod.parameters()])
 
 
-def assert_same_values_and_gradients(fast, ref, inputs):
+def assert_same_values_and_gradients(fast, ref, inputs, labels=None):
     """``fast`` equals ``ref`` to 1e-10, and so do the gradients of a random projection of
-    each with respect to every input (each of them exercised)."""
+    each with respect to every input (each of them exercised); ``labels`` name the inputs in a
+    failure's message."""
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
     v = torch.randn_like(fast)
-    for a, b in zip(
-        torch.autograd.grad((fast * v).sum(), inputs),
-        torch.autograd.grad((ref * v).sum(), inputs),
-        strict=True,
+    gf = torch.autograd.grad((fast * v).sum(), inputs)
+    gr = torch.autograd.grad((ref * v).sum(), inputs)
+    for label, a, b in zip(
+        labels or [f"input {i}" for i in range(len(inputs))], gf, gr, strict=True
     ):
-        assert b.abs().max() > 0
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+        assert a.abs().max() > 0 and b.abs().max() > 0, label  # every gradient is exercised
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=lambda m, lab=label: f"{lab}: {m}")
 
 
 def test_compiled_row_lstm_equals_the_oracle_on_a_strided_input():
